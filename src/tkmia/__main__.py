@@ -1,0 +1,3 @@
+from tkmia.cli import main
+
+raise SystemExit(main())

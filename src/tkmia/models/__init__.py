@@ -1,0 +1,24 @@
+"""Models: architectures, the normalising wrapper, safe checkpoints, the built-in model."""
+
+from tkmia.models import resnet as _resnet  # noqa: F401  (registers the ResNets)
+from tkmia.models.builtin import builtin_model
+from tkmia.models.checkpoint import load_state, read_meta, save_checkpoint
+from tkmia.models.registry import architectures, build_model, build_net, load_model, register
+from tkmia.models.resnet import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_weights
+from tkmia.models.wrapper import Normalized
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Normalized",
+    "architectures",
+    "build_model",
+    "build_net",
+    "builtin_model",
+    "load_imagenet_weights",
+    "load_model",
+    "load_state",
+    "read_meta",
+    "register",
+    "save_checkpoint",
+]

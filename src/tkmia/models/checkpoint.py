@@ -1,0 +1,105 @@
+"""Safe checkpoint I/O: safetensors weights plus a JSON sidecar, never pickle.
+
+A checkpoint ``model.safetensors`` has a sidecar ``model.json`` with at least::
+
+    {"arch": "resnet50", "classes": [...], "image_size": 300,
+     "mean": [..], "std": [..], "test_map": 0.94, "dataset": "voc2012"}
+
+The weights are the state dict of the whole :class:`~tkmia.models.wrapper.Normalized`
+module (the normalisation buffers included).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tkmia.errors import InputError, MissingFileError
+
+REQUIRED_META = ("arch", "classes", "image_size", "mean", "std")
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar that belongs to a ``.safetensors`` checkpoint."""
+    return Path(path).with_suffix(".json")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s state dict to ``path`` (safetensors) and ``meta`` to its sidecar.
+
+    Both files are written to temporary names first and renamed, so an interrupted save
+    never leaves a half-written checkpoint under the final name.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"checkpoint path must end in .safetensors, got {str(path)!r}")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise ValueError(f"checkpoint metadata lacks {missing}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp))
+    side = sidecar_path(path)
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.replace(path)
+    side_tmp.replace(side)
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read and check the JSON sidecar of the checkpoint at ``path``."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise MissingFileError(
+            f"checkpoint metadata {str(side)!r} not found: a tkmia checkpoint is a .safetensors "
+            "file with a .json sidecar of the same name (written by `tkmia train`)"
+        )
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"checkpoint metadata {str(side)!r} is not valid JSON: {err}") from None
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise InputError(f"checkpoint metadata {str(side)!r} lacks the keys {missing}")
+    return meta
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict without executing any pickle.
+
+    ``.safetensors`` files are read with safetensors; ``.pt``/``.pth`` files (for example
+    torchvision's ImageNet weights) with ``torch.load(weights_only=True)``, which refuses
+    anything but tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"weights file {str(path)!r} not found")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorsError, OSError, ValueError) as err:
+            raise InputError(f"{str(path)!r} is not a valid safetensors file: {err}") from None
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means: not a safe weights file
+            raise InputError(
+                f"refusing to load {str(path)!r}: it is not a plain weights file "
+                f"(only safetensors or weights-only torch files are accepted): {err}"
+            ) from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise InputError(f"{str(path)!r} does not hold a state dict of tensors")
+        return state
+    raise InputError(
+        f"unknown weights format {path.suffix!r} for {str(path)!r}: expected .safetensors, .pt or .pth"
+    )

@@ -1,0 +1,54 @@
+"""torchvision ResNets with a c-way multi-label head; ImageNet weights from a local file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torchvision
+from torch import nn
+
+from tkmia.errors import InputError
+from tkmia.models.checkpoint import load_state
+from tkmia.models.registry import register
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_RESNETS = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+    "resnet101": torchvision.models.resnet101,
+    "resnet152": torchvision.models.resnet152,
+}
+
+
+def _make_builder(factory):
+    def build(num_classes: int) -> nn.Module:
+        net = factory(weights=None)
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+        return net
+
+    return build
+
+
+for _name, _factory in _RESNETS.items():
+    register(_name)(_make_builder(_factory))
+
+
+def load_imagenet_weights(net: nn.Module, path: str | Path) -> nn.Module:
+    """Load a torchvision ImageNet state dict (``.pth`` or ``.safetensors``) into ``net``.
+
+    The 1000-way ``fc`` layer of the file is skipped: the multi-label head stays freshly
+    initialised, as in the paper. Nothing is downloaded; ``path`` must exist locally.
+    """
+    state = load_state(path)
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise InputError(
+            f"weights file {str(path)!r} does not match this architecture: "
+            f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    return net

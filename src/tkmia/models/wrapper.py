@@ -1,0 +1,33 @@
+"""The normalising wrapper: every tkmia model takes pixels in [0, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Normalized(nn.Module):
+    """Apply ``(x - mean) / std`` per channel, then ``net``.
+
+    Args:
+        net: a module taking normalised images ``(B, C, H, W)`` and returning scores ``(B, c)``.
+        mean, std: per-channel statistics (length C).
+
+    The wrapper is what attacks and measures see: input ``(B, C, H, W)`` in [0, 1],
+    output logits ``(B, c)``.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std must have the same length, got {len(mean)} and {len(std)}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.net = net
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
