@@ -1,0 +1,37 @@
+"""TkML-AP-U: the untargeted top-k multi-label attack of Hu et al. (ICCV 2021)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tkmia.attacks.base import LossAttack
+from tkmia.attacks.targets import check_targets, target_mask
+from tkmia.losses import tkmlap_loss
+
+
+class TkMLAPU(LossAttack):
+    """Push every relevant label out of the top-k: minimises ``ATk_{c−k}(max_Y f − f)``.
+
+    As in the paper's protocol it attacks all relevant labels Y while success is judged on
+    the specified labels; ``baseline_targets="specified"`` attacks only S (an ablation).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        k: int,
+        lr: float,
+        lam: float,
+        max_iter: int,
+        penalty: str = "w",
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        baseline_targets: str = "relevant",
+    ) -> None:
+        super().__init__(model, k, lr, lam, max_iter, penalty, normalize)
+        self.baseline_targets = check_targets(baseline_targets)
+
+    def objective(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        return tkmlap_loss(scores, target_mask(self.baseline_targets, ctx), self.k)

@@ -1,0 +1,78 @@
+"""The average top-m operator and the attack objectives of SPEC §3–4.
+
+All functions take scores ``f`` of shape ``(B, c)`` (logits of the attacked model) and
+0/1 masks of the same shape, and return a per-sample loss ``(B,)`` that is differentiable
+in ``f``. Minimising the loss is the attack's goal.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["average_top_k", "mlcw_loss", "tkmia_loss", "tkmlap_loss"]
+
+
+def average_top_k(a: torch.Tensor, m: int, method: str = "sort") -> torch.Tensor:
+    """ATk_m(a): the mean of the ``m`` largest entries of each row of ``a`` ``(B, c)``.
+
+    ``method="sort"`` averages the top-m values; ``method="dual"`` evaluates the
+    variational form ``min_λ λ + (1/m) Σ_i [a_i − λ]_+`` at its minimiser ``λ = a_[m]``
+    (Lemma 4.1 of the paper). Both have the same value and the same gradient.
+    """
+    if a.dim() != 2:
+        raise ValueError(f"a must have shape (B, c), got {tuple(a.shape)}")
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= a.shape[1]:
+        raise ValueError(f"m must be an integer with 1 <= m <= c = {a.shape[1]}, got {m!r}")
+    top = a.topk(m, dim=1).values
+    if method == "sort":
+        return top.mean(dim=1)
+    if method == "dual":
+        lam = top[:, -1:]
+        return lam.squeeze(1) + (a - lam).clamp(min=0).sum(dim=1) / m
+    raise ValueError(f"method must be 'sort' or 'dual', got {method!r}")
+
+
+def _masked_max(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise max of ``f`` over the entries where ``mask`` is set: ``(B, 1)``."""
+    return f.masked_fill(~mask.bool(), float("-inf")).amax(dim=1, keepdim=True)
+
+
+def _masked_min(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise min of ``f`` over the entries where ``mask`` is set: ``(B, 1)``."""
+    return f.masked_fill(~mask.bool(), float("inf")).amin(dim=1, keepdim=True)
+
+
+def tkmia_loss(
+    scores: torch.Tensor, labels: torch.Tensor, specified: torch.Tensor, k: int
+) -> torch.Tensor:
+    """TkMIA: ``ATk_{c−k}(max_S f − f) + ATk_k(f − min_R f)`` with ``R = Y \\ S``.
+
+    The first term pushes the best specified label below the bottom ``c − k`` scores (all
+    of S leave the top-k); the second pulls the worst remaining relevant label up to the
+    top-k scores (the top-k is refilled with relevant labels). Every sample needs a
+    non-empty ``S`` and a non-empty ``R``.
+    """
+    c = scores.shape[1]
+    remaining = labels.bool() & ~specified.bool()
+    hide = average_top_k(_masked_max(scores, specified) - scores, c - k)
+    promote = average_top_k(scores - _masked_min(scores, remaining), k)
+    return hide + promote
+
+
+def tkmlap_loss(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """TkML-AP-U: ``ATk_{c−k}(max_T f − f)``: every target label leaves the top-k.
+
+    ``targets`` is the relevant set ``Y`` in the paper's protocol (``S`` in the ablation).
+    """
+    c = scores.shape[1]
+    return average_top_k(_masked_max(scores, targets) - scores, c - k)
+
+
+def mlcw_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """ML-CW-U: ``[max_{j∈T} f_j − min_{i∉T} f_i]_+``: every target below every other label.
+
+    ``targets`` is ``Y`` in the paper's protocol (``S`` in the ablation). A sample whose
+    targets cover all labels has loss 0.
+    """
+    gap = _masked_max(scores, targets) - _masked_min(scores, ~targets.bool())
+    return gap.squeeze(1).clamp(min=0)
