@@ -90,16 +90,20 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix in (".pt", ".pth", ".bin"):
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any failure means: not a safe weights file
+        except Exception as err:  # any failure means: not a plain, safe weights file
             raise InputError(
                 f"refusing to load {str(path)!r}: it is not a plain weights file "
                 f"(only safetensors or weights-only torch files are accepted): {err}"
             ) from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        tensors_only = isinstance(state, dict) and all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        )
+        if not tensors_only:
             raise InputError(f"{str(path)!r} does not hold a state dict of tensors")
         return state
     raise InputError(
-        f"unknown weights format {path.suffix!r} for {str(path)!r}: expected .safetensors, .pt or .pth"
+        f"unknown weights format {path.suffix!r} for {str(path)!r}: "
+        "expected .safetensors, .pt or .pth"
     )
