@@ -1,0 +1,102 @@
+"""Selecting what to attack (SPEC §5): the global (S1) and random (S2) schemes.
+
+Both functions work on a block of images at once: ``labels`` ``(N, c)`` 0/1 and the
+model's ``clean_scores`` ``(N, c)``, and return ``(specified (N, c) bool, eligible (N,)
+bool)``. ``specified`` is only meaningful where ``eligible`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tkmia.errors import InputError
+from tkmia.metrics import topk_mask
+
+__all__ = ["check_scheme", "select_global", "select_random", "success_threshold"]
+
+SCHEMES = ("global", "random")
+
+
+def check_scheme(scheme: str, k: int, c: int, n: int | None, threshold: int | None) -> None:
+    """Validate a setting before any work starts; raises :class:`InputError`."""
+    if scheme not in SCHEMES:
+        raise InputError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < c:
+        raise InputError(f"k must be an integer with 1 <= k < c = {c}, got {k!r}")
+    if scheme == "random":
+        if n is None or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= k:
+            raise InputError(f"n (labels drawn per image) must satisfy 1 <= n <= k = {k}, got {n!r}")
+        if threshold is not None and not 1 <= threshold <= n:
+            raise InputError(f"threshold must satisfy 1 <= t <= n = {n}, got {threshold!r}")
+    elif threshold is not None:
+        raise InputError(
+            "the global scheme's success rule is fixed (every specified label in the clean "
+            "top-k must leave it); --threshold applies to the random scheme only"
+        )
+
+
+def success_threshold(scheme: str, n: int | None, threshold: int | None) -> int | None:
+    """The ``threshold`` argument the attacks take: None (S1's rule) or ``t`` (default n)."""
+    if scheme == "global":
+        return None
+    return n if threshold is None else threshold
+
+
+def _as_masks(labels: torch.Tensor, clean_scores: torch.Tensor) -> torch.Tensor:
+    if labels.shape != clean_scores.shape or labels.dim() != 2:
+        raise InputError(
+            f"labels and clean_scores must both be (N, c), got {tuple(labels.shape)} and "
+            f"{tuple(clean_scores.shape)}"
+        )
+    return labels.bool()
+
+
+def select_global(
+    labels: torch.Tensor, clean_scores: torch.Tensor, group: Sequence[int], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """S1: ``S = Y ∩ G`` for a fixed label group ``G`` (class indices).
+
+    Eligible when ``|Y| >= k + |S|`` and at least one label of S is in the clean top-k.
+    """
+    relevant = _as_masks(labels, clean_scores)
+    if not group:
+        raise InputError("a label group must contain at least one label")
+    in_group = torch.zeros(labels.shape[1], dtype=torch.bool, device=labels.device)
+    in_group[list(group)] = True
+    specified = relevant & in_group
+    n_spec = specified.sum(dim=1)
+    in_top = (specified & topk_mask(clean_scores, k)).sum(dim=1)
+    eligible = (relevant.sum(dim=1) >= k + n_spec) & (in_top >= 1)
+    return specified, eligible
+
+
+def select_random(
+    labels: torch.Tensor,
+    clean_scores: torch.Tensor,
+    n: int,
+    k: int,
+    seed: int,
+    indices: Sequence[int] | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """S2: S is ``n`` labels drawn at random from ``Y ∩ T_k(x)``.
+
+    The draw for an image depends only on ``(seed, its dataset index)`` (a NumPy
+    ``SeedSequence`` of the pair), never on batching, sharding or resuming. Eligible when
+    ``1 <= n <= k``, ``|Y ∩ T_k(x)| >= n`` and ``|Y| >= k + n``.
+    """
+    relevant = _as_masks(labels, clean_scores)
+    indices = [int(i) for i in indices]
+    if len(indices) != labels.shape[0]:
+        raise InputError(f"need one dataset index per image, got {len(indices)} for {labels.shape[0]}")
+    candidates = relevant & topk_mask(clean_scores, k)
+    eligible = (candidates.sum(dim=1) >= n) & (relevant.sum(dim=1) >= k + n) & (1 <= n <= k)
+    specified = torch.zeros_like(relevant)
+    for row in torch.nonzero(eligible).flatten().tolist():
+        pool = torch.nonzero(candidates[row]).flatten().tolist()
+        rng = np.random.default_rng([seed, indices[row]])
+        for j in rng.choice(len(pool), size=n, replace=False):
+            specified[row, pool[int(j)]] = True
+    return specified, eligible
