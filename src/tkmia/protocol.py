@@ -28,7 +28,9 @@ def check_scheme(scheme: str, k: int, c: int, n: int | None, threshold: int | No
         raise InputError(f"k must be an integer with 1 <= k < c = {c}, got {k!r}")
     if scheme == "random":
         if n is None or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= k:
-            raise InputError(f"n (labels drawn per image) must satisfy 1 <= n <= k = {k}, got {n!r}")
+            raise InputError(
+                f"n (labels drawn per image) must satisfy 1 <= n <= k = {k}, got {n!r}"
+            )
         if threshold is not None and not 1 <= threshold <= n:
             raise InputError(f"threshold must satisfy 1 <= t <= n = {n}, got {threshold!r}")
     elif threshold is not None:
@@ -90,7 +92,9 @@ def select_random(
     relevant = _as_masks(labels, clean_scores)
     indices = [int(i) for i in indices]
     if len(indices) != labels.shape[0]:
-        raise InputError(f"need one dataset index per image, got {len(indices)} for {labels.shape[0]}")
+        raise InputError(
+            f"need one dataset index per image, got {len(indices)} for {labels.shape[0]}"
+        )
     candidates = relevant & topk_mask(clean_scores, k)
     eligible = (candidates.sum(dim=1) >= n) & (relevant.sum(dim=1) >= k + n) & (1 <= n <= k)
     specified = torch.zeros_like(relevant)

@@ -1,0 +1,123 @@
+"""The protocol runner on a toy model: records, summary, resume, tables, figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tkmia.errors import InputError
+from tkmia.experiments.records import read_records
+from tkmia.experiments.runner import SUMMARY_COLUMNS, RunConfig, run
+from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.reports.render import render
+
+from _toys import make_cnn
+
+C, K = 10, 3
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """Random images; labels are the toy model's top-5 with one label flipped off."""
+
+    def __init__(self, model, n: int = 40) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.images = torch.rand(n, 3, 16, 16, generator=g)
+        with torch.no_grad():
+            top = model(self.images).topk(6, dim=1).indices
+        self.labels = torch.zeros(n, C)
+        self.labels.scatter_(1, top[:, :5], 1)
+        self.labels[::4] = 0
+        self.labels[::4, :2] = 1  # some images with few labels: ineligible for most settings
+        self.classes = [f"l{i}" for i in range(C)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
+def _config(samples: int = 12) -> RunConfig:
+    settings = [
+        Setting("global", K, group="g", group_indices=tuple(range(5))),
+        Setting("random", K, n=1),
+        Setting("random", K, n=2, threshold=1),
+    ]
+    methods = [
+        MethodConfig("tkmia", max_iter=30, lr=5.0, lam=1e-3),
+        MethodConfig("kfool", max_iter=5),
+    ]
+    return RunConfig("toy", "cnn", settings, methods, samples=samples, seed=0, batch_size=5)
+
+
+def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
+    model = make_cnn()
+    data = ToyDataset(model)
+    out = tmp_path / "res"
+    rows = run(_config(), model, data, out, progress=False)
+    assert len(rows) == 3 * 2
+    with (out / "summary.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == SUMMARY_COLUMNS
+    for row in table:
+        assert int(row["attacked"]) + int(row["skipped"]) <= len(data)
+        assert 0 <= float(row["success_rate"]) <= 1
+    recs = read_records(out / "records" / "random-k3-n1-t1" / "tkmia-lr5-lam0.001-it30.jsonl")
+    assert len(recs) == 12 and len({r["index"] for r in recs}) == 12
+    # the mean of the records is the summary
+    row = next(r for r in table if r["scheme"] == "random" and r["n"] == "1"
+               and r["method"] == "tkmia")
+    d_p = sum(r["p_at_k_clean"] - r["p_at_k_adv"] for r in recs) / len(recs)
+    assert float(row["d_p_at_k"]) == pytest.approx(d_p, rel=1e-5)
+    ok = [r["l2"] for r in recs if r["success"]]
+    assert float(row["aper"]) == pytest.approx(sum(ok) / len(ok), rel=1e-5)
+
+    # resume: drop the last records of one file, rerun, same summary (timing aside)
+    path = out / "records" / "global-k3-g" / "kfool-it5.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:4]) + lines[4][:10])  # a torn last line too
+    rows2 = run(_config(), model, data, out, progress=False)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    strip2 = [{k: v for k, v in r.items() if k != "seconds"} for r in rows2]
+    assert strip == strip2
+
+
+def test_selection_takes_the_first_eligible_images(tmp_path) -> None:
+    model = make_cnn()
+    data = ToyDataset(model)
+    run(_config(samples=5), model, data, tmp_path, progress=False)
+    recs = read_records(tmp_path / "records" / "global-k3-g" / "tkmia-lr5-lam0.001-it30.jsonl")
+    # images 0, 4, 8, ... have only 2 labels: never eligible for k = 3
+    assert [r["index"] for r in recs] == [1, 2, 3, 5, 6]
+    setting = json.loads((tmp_path / "records" / "global-k3-g" / "setting.json").read_text())
+    assert setting["skipped"] == 2
+
+
+def test_other_configuration_in_the_same_folder_is_refused(tmp_path) -> None:
+    model = make_cnn()
+    data = ToyDataset(model)
+    run(_config(samples=3), model, data, tmp_path, progress=False)
+    before = (tmp_path / "summary.csv").read_text()
+    with pytest.raises(InputError, match="different run configuration"):
+        run(_config(samples=4), model, data, tmp_path, progress=False)
+    assert (tmp_path / "summary.csv").read_text() == before
+
+
+def test_render_writes_tables_and_figures(tmp_path) -> None:
+    model = make_cnn()
+    data = ToyDataset(model)
+    run(_config(samples=4), model, data, tmp_path, progress=False)
+    text = render(tmp_path, classes=data.classes)
+    assert "| TkMIA |" in text and "| kFool |" in text
+    assert (tmp_path / "summary.md").is_file()
+    tex = (tmp_path / "summary.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
+    figs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert figs == [
+        "examples-global-k3-g.png",
+        "examples-random-k3-n1-t1.png",
+        "examples-random-k3-n2-t1.png",
+    ]
