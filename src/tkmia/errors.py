@@ -14,3 +14,7 @@ class InputError(ValueError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """A file or folder the user pointed at (or that a layout requires) does not exist."""
+
+
+class BadImageError(InputError):
+    """An image file listed by a dataset is missing, unreadable or not a valid image."""

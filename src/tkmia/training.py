@@ -1,0 +1,214 @@
+"""Fine-tuning a multi-label classifier with binary cross-entropy (paper, Table 5).
+
+:func:`train_model` is the one training loop of the project, for the built-in CNN and the
+ResNets alike. After every epoch it scores the test split and computes the test mAP
+(mean over classes of average precision); it keeps
+
+* ``<out>/best.safetensors`` (+ ``.json``): the epoch with the highest test mAP, as in
+  the paper's protocol (the paper reports the test mAP of the model it attacks);
+* ``<out>/last.safetensors`` (+ ``.json``) and ``<out>/train_state.pt``: the latest epoch
+  and the optimiser state (plain tensors and numbers, loaded with ``weights_only=True``),
+  so that rerunning the same command after an interruption resumes after the last
+  finished epoch.
+
+The learning rate follows a cosine schedule with a short linear warm-up, computed from
+the global step so that resuming continues the same schedule. Shuffling is seeded per
+epoch from ``seed``, so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from tkmia.errors import InputError
+from tkmia.metrics import mean_average_precision
+from tkmia.models.checkpoint import save_checkpoint
+
+OPTIMIZERS = ("adam", "sgd")
+WARMUP_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train_model`.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: images per step.
+        lr: peak learning rate.
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        weight_decay: L2 weight decay.
+        hflip: flip half of each batch left-right (photographs; not for digits).
+        seed: seeds the initial shuffle order and the flips.
+        num_workers: DataLoader worker processes (0 reads in the main process).
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    hflip: bool = False
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                 f"got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.weight_decay < 0:
+            raise InputError(f"weight decay must be >= 0, got {self.weight_decay!r}")
+
+
+@torch.no_grad()
+def evaluate_map(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "cpu",
+    num_workers: int = 0,
+) -> float:
+    """Test mAP of ``model`` (eval mode) on ``dataset``: mean over classes of AP."""
+    model.eval()
+    scores, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    for images, lab in loader:
+        scores.append(model(images.to(device)).float().cpu())
+        labels.append(lab.float())
+    return mean_average_precision(torch.cat(scores), torch.cat(labels))
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    warm = max(1, int(WARMUP_FRACTION * total))
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True
+    )
+
+
+def train_model(
+    model: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    config: TrainConfig,
+    out: str | Path,
+    meta: dict[str, Any],
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``model`` (a :class:`~tkmia.models.wrapper.Normalized`) with BCE; resumable.
+
+    Args:
+        model: takes ``(B, 3, S, S)`` images in [0, 1], returns ``(B, c)`` logits.
+        train_set, test_set: datasets of ``(image, labels (c,))``.
+        config: the hyper-parameters.
+        out: folder for ``best``/``last`` checkpoints and the resumable state.
+        meta: checkpoint metadata (``arch``, ``classes``, ``image_size``, ``mean``, ``std``,
+            ...); ``test_map``, ``epoch`` and ``train`` are added.
+        device: where to train.
+        progress: show a progress bar per epoch.
+        log: receives one line per epoch.
+
+    Returns:
+        The best checkpoint's metadata, with ``history`` (per-epoch loss and test mAP).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    optimizer = _make_optimizer(model, config)
+    state_path = out / "train_state.pt"
+    start_epoch, best_map, history = 0, -1.0, []
+    if state_path.is_file() and (out / "last.safetensors").is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("config") != asdict(config) or state.get("classes") != list(meta["classes"]):
+            raise InputError(
+                f"{str(out)!r} holds a training run with other settings; use another --out "
+                "or delete that folder"
+            )
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out / "last.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_map = int(state["epoch"]) + 1, float(state["best_map"])
+        history = json.loads(state["history"])
+        log(f"resuming {out} after epoch {start_epoch} (best test mAP so far {best_map:.4f})")
+
+    steps_per_epoch = max(1, len(train_set) // config.batch_size) if (
+        len(train_set) % config.batch_size == 1 and len(train_set) > 1
+    ) else math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    loss_fn = nn.BCEWithLogitsLoss()
+    for epoch in range(start_epoch, config.epochs):
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        loader = DataLoader(
+            train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+            num_workers=config.num_workers,
+            # a last batch of one image breaks batch norm on 1x1 feature maps: skip it
+            drop_last=len(train_set) % config.batch_size == 1 and len(train_set) > 1,
+        )
+        model.train()
+        started, running, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   leave=False)
+        for i, (images, labels) in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, config.lr)
+            images, labels = images.to(device), labels.to(device).float()
+            if config.hflip:
+                flip = torch.rand(images.shape[0], generator=generator) < 0.5
+                images[flip.to(device)] = images[flip.to(device)].flip(-1)
+            loss = loss_fn(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach()) * images.shape[0]
+            seen += images.shape[0]
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        test_map = evaluate_map(model, test_set, device=device, num_workers=config.num_workers)
+        history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "test_map": test_map,
+                        "seconds": time.perf_counter() - started})
+        epoch_meta = {**meta, "test_map": test_map, "epoch": epoch + 1, "train": asdict(config)}
+        improved = test_map > best_map
+        if improved:
+            best_map = test_map
+            save_checkpoint(out / "best.safetensors", model, epoch_meta)
+        save_checkpoint(out / "last.safetensors", model, epoch_meta)
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "epoch": epoch, "best_map": best_map,
+             "history": json.dumps(history), "config": asdict(config),
+             "classes": list(meta["classes"])},
+            tmp,
+        )
+        tmp.replace(state_path)
+        log(f"epoch {epoch + 1}/{config.epochs}: loss {running / max(seen, 1):.4f}, "
+            f"test mAP {test_map:.4f}{' (best)' if improved else ''}, "
+            f"{history[-1]['seconds']:.1f} s")
+    best = json.loads((out / "best.json").read_text())
+    best["history"] = history
+    return best
