@@ -15,11 +15,17 @@ DEFAULT_N = [1, 2]
 DEFAULT_SAMPLES = {"digits": 200}
 FALLBACK_SAMPLES = 1000
 
-#: per-method defaults (lr, lam, max_iter); kFool has only max_iter.
+#: per-method defaults (lr, lam, max_iter); kFool has only max_iter. Chosen on the val
+#: split with `benchmarks/tune_builtin.py`: the grid lr in {1e-3, 5e-4, 1e-4, 5e-5} (SPEC §5),
+#: max_iter in {100, 300}, lam = 1e-3 (lam in {1e-3, 5e-5} gave identical results to four
+#: decimals: the penalty's gradient lam*w is tiny next to the loss's), 60 images per
+#: setting, all 8 settings of the benchmark; one configuration per method by the rule
+#: "highest mean success rate; among configurations within 0.01 of it, the smallest mean
+#: APer" (the same rule for every method).
 DEFAULT_HPARAMS: dict[str, dict[str, float | int | None]] = {
-    "tkmia": {"lr": 0.01, "lam": 1e-3, "max_iter": 100},
-    "tkmlapu": {"lr": 0.01, "lam": 1e-3, "max_iter": 100},
-    "mlcwu": {"lr": 0.01, "lam": 1e-3, "max_iter": 100},
+    "tkmia": {"lr": 1e-4, "lam": 1e-3, "max_iter": 300},
+    "tkmlapu": {"lr": 5e-4, "lam": 1e-3, "max_iter": 300},
+    "mlcwu": {"lr": 5e-4, "lam": 1e-3, "max_iter": 300},
     "kfool": {"lr": None, "lam": None, "max_iter": 100},
 }
 
