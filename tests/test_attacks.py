@@ -322,3 +322,43 @@ def test_baseline_targets_option() -> None:
     a = TkMLAPU(model, K, 5.0, 1e-3, 20)(x, y, s)
     b = TkMLAPU(model, K, 5.0, 1e-3, 20, baseline_targets="specified")(x, y, s)
     assert not torch.equal(a.adv_images, b.adv_images)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_engine_pixels_match_the_change_of_variables_bit_for_bit(dtype) -> None:
+    """The engine's fused tanh transform equals _to_pixels(z0 + v), value and gradient."""
+    from tkmia.attacks.base import _Pixels
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=g, dtype=dtype)
+    z0 = torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1)
+    v0 = 0.3 * torch.randn(x.shape, generator=g, dtype=dtype)
+    weight = torch.randn(x.shape, generator=g, dtype=dtype)
+    outs, grads = [], []
+    for fn in (lambda v: _to_pixels(z0 + v), lambda v: _Pixels.apply(z0, v)):
+        v = v0.clone().requires_grad_(True)
+        out = fn(v)
+        (grad,) = torch.autograd.grad((out * weight).sum(), v)
+        outs.append(out.detach())
+        grads.append(grad)
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("penalty", ["w", "pixel"])
+def test_sgd_step_is_torch_sgd(penalty) -> None:
+    """LossAttack's step is torch.optim.SGD's (momentum 0.9, weight decay λ on w)."""
+    atk = TkMIA(make_cnn(), K, lr=0.3, lam=0.05, max_iter=5, penalty=penalty)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 3, 4, 4, generator=g)
+    param = w.clone().requires_grad_(True)
+    opt = torch.optim.SGD(
+        [param], lr=0.3, momentum=0.9, weight_decay=0.05 if penalty == "w" else 0.0
+    )
+    buf = torch.zeros_like(w)
+    for _ in range(3):
+        grad = torch.randn(w.shape, generator=g)
+        param.grad = grad.clone()
+        opt.step()
+        w = atk._sgd_step(w, grad, buf)
+        torch.testing.assert_close(w, param.detach(), rtol=1e-6, atol=1e-7)

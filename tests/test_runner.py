@@ -115,9 +115,77 @@ def test_render_writes_tables_and_figures(tmp_path) -> None:
     assert (tmp_path / "summary.md").is_file()
     tex = (tmp_path / "summary.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex
-    figs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    figs = sorted(p.name for p in (tmp_path / "figures").glob("examples-*.png"))
     assert figs == [
         "examples-global-k3-g.png",
         "examples-random-k3-n1-t1.png",
         "examples-random-k3-n2-t1.png",
     ]
+
+
+def test_same_seed_gives_a_byte_identical_summary(tmp_path) -> None:
+    model = make_cnn()
+    data = ToyDataset(model)
+
+    def table(out):
+        run(_config(samples=6), model, data, out, progress=False)
+        lines = (out / "summary.csv").read_text().splitlines()
+        drop = lines[0].split(",").index("seconds")
+        return "\n".join(",".join(c for i, c in enumerate(ln.split(",")) if i != drop)
+                         for ln in lines)
+
+    assert table(tmp_path / "a") == table(tmp_path / "b")
+
+
+def _folder_dataset(root, n: int = 24):
+    """The first ``n`` digits test images as PNG files with a 0/1 label CSV."""
+    from PIL import Image
+
+    from tkmia.data.digits import CLASSES, Digits
+    from tkmia.experiments.records import to_uint8
+
+    digits = Digits(split="test")
+    (root / "img").mkdir(parents=True)
+    lines = ["path," + ",".join(CLASSES)]
+    for i in range(n):
+        image, labels = digits[i]
+        Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(root / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png," + ",".join(str(int(v)) for v in labels.tolist()))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_a_corrupt_image_stops_the_run_or_is_skipped_and_counted(tmp_path, capsys) -> None:
+    from tkmia.cli import main
+    from tkmia.models.builtin import builtin_checkpoint_path
+
+    root, out = tmp_path / "data", tmp_path / "res"
+    _folder_dataset(root)
+    cmd = [
+        "run", "--dataset", "folder", "--root", str(root), "--csv", str(root / "labels.csv"),
+        "--model", str(builtin_checkpoint_path()), "--image-size", "48", "--scheme", "random",
+        "--k", "2", "--n", "1", "--samples", "4", "--methods", "kfool", "--max-iter", "3",
+        "--examples", "0", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(cmd) == 0
+    setting = out / "records" / "random-k2-n1-t1"
+    before = {p.name: p.read_bytes() for p in setting.iterdir()}
+    summary = (out / "summary.csv").read_bytes()
+    selected = json.loads((setting / "setting.json").read_text())["indices"]
+    bad = selected[1]
+    (root / "img" / f"{bad}.png").write_bytes(b"this is not a PNG file" * 10)
+    capsys.readouterr()
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}.png" in err and "--skip-bad-images" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in setting.iterdir()} == before  # nothing lost
+    assert (out / "summary.csv").read_bytes() == summary
+
+    assert main([*cmd, "--skip-bad-images"]) == 0
+    assert "skipped 1 unreadable image" in capsys.readouterr().err
+    data = json.loads((setting / "setting.json").read_text())
+    assert data["bad_images"] == 1 and data["bad_image_indices"] == [bad]
+    assert bad not in data["indices"] and len(data["indices"]) == 4
+    with (out / "summary.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert int(row["attacked"]) == 4  # the bad image's old record no longer counts
+    assert int(row["skipped"]) == data["skipped"] >= 1  # the bad image is among them

@@ -84,7 +84,9 @@ def test_bad_train_config(kwargs, match) -> None:
 def _voc_fixture(root: Path) -> None:
     voc = root / "VOCdevkit" / "VOC2012"
     objects = {"a1": ["dog", "person", "car"], "a2": ["cat", "person"], "a3": ["bus"],
-               "a4": ["dog", "sofa", "chair"]}
+               "a4": ["dog", "sofa", "chair"],
+               "a5": ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+                      "chair", "cow", "diningtable", "dog"]}
     (voc / "Annotations").mkdir(parents=True)
     (voc / "JPEGImages").mkdir(parents=True)
     for i, (name, objs) in enumerate(objects.items()):
@@ -95,7 +97,7 @@ def _voc_fixture(root: Path) -> None:
         Image.fromarray(pixels).save(voc / "JPEGImages" / f"{name}.jpg")
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     (voc / "ImageSets" / "Main" / "train.txt").write_text("a1\na2\na3\n")
-    (voc / "ImageSets" / "Main" / "val.txt").write_text("a4\na1\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("a4\na5\na1\n")
 
 
 def test_resnet_end_to_end_train_reload_attack(tmp_path: Path, capsys) -> None:
@@ -118,3 +120,14 @@ def test_resnet_end_to_end_train_reload_attack(tmp_path: Path, capsys) -> None:
     specified[0, scores[0].argmax()] = 1
     result = TkMIA(model, k=2, lr=0.5, lam=0.0, max_iter=5)(image, labels, specified)
     assert result.adv_images.shape == image.shape and result.iterations.item() >= 0
+
+    # the same checkpoint through `tkmia run`, as a user would attack it
+    res = tmp_path / "res"
+    code = main(["run", "--dataset", "voc2012", "--root", str(tmp_path / "voc"), "--model",
+                 str(out / "best.safetensors"), "--image-size", "32", "--scheme", "random",
+                 "--k", "5", "--n", "1", "--samples", "2", "--methods", "tkmia,kfool",
+                 "--max-iter", "3", "--out", str(res), "--no-progress", "--examples", "1"])
+    assert code == 0, capsys.readouterr().err
+    rows = (res / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("voc2012,best,random,5,")
+    assert capsys.readouterr().out.rstrip().endswith(f"results: {res}")

@@ -26,12 +26,12 @@ def _list(convert: Callable[[str], Any], name: str) -> Callable[[str], list[Any]
     def parse(text: str) -> list[Any]:
         items = [t.strip() for t in str(text).split(",") if t.strip()]
         if not items:
-            raise argparse.ArgumentTypeError(f"{name}: expected a comma-separated list")
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
         try:
             return [convert(t) for t in items]
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name}: cannot read {text!r} as a comma-separated list of "
+                f"cannot read {text!r} as a comma-separated list of "
                 f"{'integers' if convert is int else 'numbers'}"
             ) from None
 
@@ -64,7 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--k", type=_list(int, "--k"), help="e.g. 2,3")
     run.add_argument("--groups", type=_list(str, "--groups"),
                      help="S1 label groups by name, or label names joined by '+'")
-    run.add_argument("--n", type=_list(int, "--n"), help="S2: labels drawn per image, e.g. 1,2")
+    run.add_argument("--n", "--n-labels", dest="n", type=_list(int, "--n"),
+                     help="S2: labels drawn per image, e.g. 1,2 (under torchrun write "
+                     "--n-labels: torchrun takes --n for one of its own options)")
     run.add_argument("--threshold", type=_list(int, "--threshold"),
                      help="S2: success needs ΔN >= t (default t = n)")
     run.add_argument("--samples", type=int, help="eligible images attacked per setting")
@@ -78,6 +80,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="results folder (default results/<dataset>-"
                      "<model>); rerunning the same command resumes")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--select-tol", type=float, help="selection rule of a grid: among the "
+                     "configurations within this much of the best success rate, the "
+                     "smallest APer is reported (default 0.01)")
+    run.add_argument("--select-scope", choices=["setting", "all"], default=None,
+                     help="select per setting (default) or one configuration per method "
+                     "for all settings (mean success rate and APer over settings)")
+    run.add_argument("--skip-bad-images", action="store_true", default=None,
+                     help="skip and count unreadable images instead of stopping")
 
     train = sub.add_parser("train", help="fine-tune a multi-label classifier")
     train.add_argument("--dataset", required=True)
@@ -99,6 +109,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="render a results folder as tables and figures")
     report.add_argument("dir", type=Path)
+    report.add_argument("--select-tol", type=float, help="override the run's selection "
+                        "tolerance (see tkmia run --select-tol)")
+    report.add_argument("--select-scope", choices=["setting", "all"], default=None,
+                        help="override the run's selection scope")
     return parser
 
 
@@ -118,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return report_command(args)
     except InputError as err:
-        print(f"tkmia: error: {err}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"tkmia: error: {message}", file=sys.stderr)  # always exactly one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("tkmia: interrupted; finished work is saved, rerun the same command to resume",

@@ -8,19 +8,25 @@ and the bookkeeping of results. An attack subclass supplies only its update rule
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tkmia.errors import InputError
-from tkmia.metrics import topk_mask
+from tkmia.metrics import topk_indices, topk_mask
 
 __all__ = ["Attack", "AttackResult", "LossAttack"]
 
 #: pixels are clamped to [EPS, 1 - EPS] before atanh, so that w = 0 gives back x within EPS.
 EPS = 1e-6
+#: torch.optim.SGD's fused kernel (one pass for weight decay, momentum and step), if any
+_FUSED_SGD = getattr(torch, "_fused_sgd_", None)
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: default ``sync_every`` off the CPU: the host reads the finished flags every 4 iterations.
+DEFAULT_SYNC_EVERY = 4
 
 
 @dataclass
@@ -78,6 +84,35 @@ def _to_pixels(z: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(z) + 1) / 2
 
 
+def _upload(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host index tensor on ``device``; on CUDA without waiting for the queued work."""
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
+class _Pixels(torch.autograd.Function):
+    """``_to_pixels(z0 + v)`` and its gradient w.r.t. ``v``, bit for bit, in fewer passes.
+
+    Autograd's graph of the plain formula takes four passes over the images forward and
+    two backward; this one three and two (``0.5 + 0.5·t`` and ``(t + 1)/2`` round alike,
+    and halving commutes with rounding in the gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, z0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        t = torch.add(z0, v).tanh_()
+        ctx.save_for_backward(t)
+        return torch.add(torch.tensor(0.5, dtype=t.dtype), t, alpha=0.5)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        (t,) = ctx.saved_tensors
+        g = torch.ops.aten.tanh_backward(grad, t).mul_(0.5)
+        return (g if ctx.needs_input_grad[0] else None), (g if ctx.needs_input_grad[1] else None)
+
+
 class Attack:
     """Base class: a batched, per-sample early-exit attack on a top-k multi-label model.
 
@@ -88,12 +123,19 @@ class Attack:
         normalize: optional ``(mean, std)`` per channel, applied inside the attack so that
             callers always pass (and get back) pixels in [0, 1].
 
-    Calling the attack: ``atk(images, labels, specified, threshold=None)``:
+    Calling the attack:
+    ``atk(images, labels, specified, threshold=None, batch_size=None, sync_every=None)``:
         images: ``(B, C, H, W)`` float in [0, 1].
         labels: ``(B, c)`` 0/1 ground truth (the relevant set Y).
         specified: ``(B, c)`` 0/1, a non-empty subset S of the relevant labels to hide.
         threshold: ``None`` for S1's rule (every specified label in the clean top-k must
             leave it, ``ΔN >= |S ∩ T_k(x)|``), or an int ``t`` (``ΔN >= t``).
+        batch_size: ``None`` optimises all B samples together; an int keeps a working
+            set of at most ``batch_size`` samples and refills the slot of every sample
+            that finishes from the queue of those not yet started (continuous batching).
+            The results are those of the whole-batch call.
+        sync_every: how often (in iterations) the host looks at which samples finished;
+            ``None``: 1 on the CPU, 4 elsewhere. Never changes the results.
 
     Subclasses implement :meth:`_update` (and may extend :meth:`_prepare`/:meth:`_finished`).
     Samples are independent: a sample's result never depends on its batch mates, and a
@@ -131,18 +173,22 @@ class Attack:
 
     def _update(
         self,
-        z: torch.Tensor,
         x_adv: torch.Tensor,
         scores: torch.Tensor,
         ctx: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """One step for the ``n`` active samples; returns the new ``v`` ``(n, C, H, W)``.
 
-        ``z = z0 + v`` is the tanh-space point (a graph leaf is ``ctx["v"]``), ``x_adv``
-        its pixels and ``scores = model(x_adv)``, all still attached to the graph.
-        ``ctx`` holds the active samples' rows of every per-sample tensor; an attack keeps
-        its state there (updated in place or replaced), and the engine drops the rows of
-        samples that finish.
+        ``x_adv`` are the pixels of the tanh-space point ``z0 + v`` (``ctx["z0"]``; the
+        graph leaf ``v`` is ``ctx["v"]``) and ``scores = model(x_adv)``, both still
+        attached to the graph.
+        ``ctx`` holds the working set's rows of every per-sample tensor; an attack keeps
+        its state there (updated in place or replaced by a new tensor of the same shape),
+        and it may compute the new ``v`` in place in ``ctx["v"]`` (detached).
+        The engine drops the rows of samples that finish or writes the next queued
+        samples' rows over them in place, so every entry must be created by
+        :meth:`_prepare`. Rows of samples that finished since the engine's last check
+        (``sync_every > 1``) are updated too; the engine ignores their new ``v``.
         """
         raise NotImplementedError
 
@@ -159,14 +205,15 @@ class Attack:
             raise InputError(f"images must be a tensor of shape (B, C, H, W), got {shape}")
         if not images.is_floating_point():
             raise InputError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
-        if not bool(torch.isfinite(images).all()):
-            raise InputError("images contain NaN or infinite values")
-        if images.numel() and (images.min() < 0 or images.max() > 1):
-            raise InputError(
-                f"images must lie in [0, 1], got values in [{float(images.min()):.4g}, "
-                f"{float(images.max()):.4g}]; pass un-normalised pixels and give the model's "
-                "mean/std as normalize=(mean, std)"
-            )
+        if images.numel():
+            low, high = (float(t) for t in torch.aminmax(images))  # one pass; NaN propagates
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise InputError("images contain NaN or infinite values")
+            if low < 0 or high > 1:
+                raise InputError(
+                    f"images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]; pass "
+                    "un-normalised pixels and give the model's mean/std as normalize=(mean, std)"
+                )
         b = images.shape[0]
         for name, mask in (("labels", labels), ("specified", specified)):
             if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] != b:
@@ -222,73 +269,245 @@ class Attack:
         labels: torch.Tensor,
         specified: torch.Tensor,
         threshold: int | None = None,
+        batch_size: int | None = None,
+        sync_every: int | None = None,
     ) -> AttackResult:
+        """Attack every sample of ``images``; see the class docstring for the arguments.
+
+        ``batch_size`` (optional) bounds the working set: at most ``batch_size`` samples
+        are optimised at once, and as soon as one finishes its slot is refilled from the
+        queue of samples not yet started (continuous batching), so that the batch stays
+        full until the queue runs dry. The clean images are scored in chunks of
+        ``batch_size`` too. The result is the one of a call with the whole batch (samples
+        are independent; only last-bit rounding of batch-size-dependent kernels differs).
+
+        ``sync_every`` (optional) is how often, in iterations, the host looks at which
+        samples finished (to drop or replace them). Success, give-up and ``max_iter`` are
+        evaluated on the device at every iteration; a sample that finishes between two
+        checks keeps its first successful iterate (masked updates, its ``w`` is frozen)
+        and only occupies its slot until the next check. Default: 1 on the CPU (a check
+        costs nothing there, and nothing is ever computed for a finished sample), 4 on
+        accelerators (no host–device synchronisation in the other iterations; on CUDA the
+        check itself is overlapped with the update step). Results never depend on it.
+        """
         self._validate(images, labels, specified)
+        if batch_size is not None:
+            _check_int("batch_size", batch_size, 1)
+        if sync_every is not None:
+            _check_int("sync_every", sync_every, 1)
         device = images.device
+        if sync_every is None:
+            sync_every = 1 if device.type == "cpu" else DEFAULT_SYNC_EVERY
         labels = labels.to(device).bool()
         specified = specified.to(device).bool()
-        with torch.no_grad():
-            clean_scores = self.model(images)
-        if clean_scores.dim() != 2 or clean_scores.shape != labels.shape:
-            raise InputError(
-                f"the model must return scores of shape (B, c) = {tuple(labels.shape)}, "
-                f"got {tuple(clean_scores.shape)}"
-            )
-        clean_scores = clean_scores.detach()
-        required, in_top = self._required(clean_scores, specified, threshold)
         b = images.shape[0]
-        x0 = images.detach()
-        ctx: dict[str, torch.Tensor] = {
-            "x0": x0,
-            "z0": torch.atanh(2 * x0.clamp(EPS, 1 - EPS) - 1),
-            "v": torch.zeros_like(x0),
-            "labels": labels,
-            "specified": specified,
-            "max_left": in_top - required,
-        }
-        self._prepare(clean_scores, ctx)
-        adv_images = x0.clone()
-        adv_scores = clean_scores.clone()
-        success = torch.zeros(b, dtype=torch.bool, device=device)
-        iterations = torch.zeros(b, dtype=torch.long, device=device)
-        active = torch.arange(b, device=device)
-        sub = dict(ctx)
-        for it in range(self.max_iter + 1):
-            v = sub["v"].detach().requires_grad_(True)
-            sub["v"] = v
-            with torch.enable_grad():
-                z = sub["z0"] + v
-                x_adv = _to_pixels(z)
-                scores = self.model(x_adv)
-            left = (topk_mask(scores.detach(), self.k) & sub["specified"]).sum(dim=1)
-            ok = left <= sub["max_left"]
-            done = ok | self._finished(scores.detach(), sub)
-            if it == self.max_iter:
-                done = torch.ones_like(done)
-            any_done = bool(done.any())
-            if any_done:
-                rows = active[done]
-                adv_images[rows] = x_adv.detach()[done]
-                adv_scores[rows] = scores.detach()[done]
-                success[rows] = ok[done]
-                iterations[rows] = it
-                if bool(done.all()):
-                    break
-            with torch.enable_grad():
-                sub["v"] = self._update(z, x_adv, scores, sub).detach()
-            if any_done:
-                keep = ~done
-                active = active[keep]
-                sub = {name: t[keep] for name, t in sub.items()}
-        return AttackResult(
-            adv_images=adv_images,
-            success=success,
-            iterations=iterations,
+        x0_all = images.detach()
+        cap = b if batch_size is None else min(batch_size, b)
+        with torch.no_grad():
+            clean_scores = self._clean_scores(x0_all, labels.shape, cap)
+        required, in_top = self._required(clean_scores, specified, threshold)
+        result = AttackResult(
+            adv_images=x0_all.clone(),
+            success=torch.zeros(b, dtype=torch.bool, device=device),
+            iterations=torch.zeros(b, dtype=torch.long, device=device),
             clean_scores=clean_scores,
-            adv_scores=adv_scores,
+            adv_scores=clean_scores.clone(),
             specified=specified,
             required=required,
         )
+        if b:
+            with torch.no_grad():
+                self._run(result, x0_all, labels, in_top - required, cap, sync_every)
+        return result
+
+    @torch.no_grad()
+    def _clean_scores(self, x0: torch.Tensor, shape: torch.Size, chunk: int) -> torch.Tensor:
+        parts = [self.model(x0[i : i + chunk]) for i in range(0, x0.shape[0], max(chunk, 1))]
+        scores = torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else self.model(x0))
+        if scores.dim() != 2 or scores.shape != shape:
+            raise InputError(
+                f"the model must return scores of shape (B, c) = {tuple(shape)}, "
+                f"got {tuple(scores.shape)}"
+            )
+        return scores.detach()
+
+    def _admit(
+        self,
+        lo: int,
+        hi: int,
+        x0_all: torch.Tensor,
+        labels: torch.Tensor,
+        res: AttackResult,
+        max_left: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The per-sample state ``ctx`` of samples ``lo .. hi - 1`` at their iterate 0."""
+        x0 = x0_all[lo:hi]
+        ctx = {
+            "x0": x0,
+            "z0": torch.atanh(2 * x0.clamp(EPS, 1 - EPS) - 1),
+            "v": torch.zeros_like(x0),
+            "labels": labels[lo:hi],
+            "specified": res.specified[lo:hi],
+            "max_left": max_left[lo:hi],
+        }
+        self._prepare(res.clean_scores[lo:hi], ctx)
+        return ctx
+
+    def _flags_reader(self, flags: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+        """Start copying the ``(n,)`` bool ``flags`` to the host; returns the wait for them.
+
+        On CUDA the copy is queued before the update step and waited for after it, so the
+        device stays busy with the update while the host waits. ``None`` (other devices):
+        the engine reads the flags right away, before the update, and skips the update
+        when every slot is finished.
+        """
+        if flags.device.type != "cuda":
+            return None
+        host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+        host.copy_(flags, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+
+        def wait() -> torch.Tensor:
+            event.synchronize()
+            return host
+
+        return wait
+
+    def _run(
+        self,
+        res: AttackResult,
+        x0_all: torch.Tensor,
+        labels: torch.Tensor,
+        max_left: torch.Tensor,
+        cap: int,
+        sync_every: int,
+    ) -> None:
+        """The optimisation loop over a working set of ``cap`` slots (SPEC §4.1).
+
+        Every slot holds one sample; its rows of ``ctx`` are its state, ``index`` its row
+        in the result and ``it`` its iteration count. Each iteration evaluates the current
+        iterate of every slot, flags (on the device) the slots that succeed, give up or
+        reach ``max_iter``, and takes an update step. Every ``sync_every`` iterations the
+        host reads the flags, writes the finished samples' results, refills their slots in
+        place from the queue (``index`` order) and, once the queue is empty, compacts the
+        working set. Between two checks a finished slot keeps its first final iterate in
+        ``kept`` (masked writes) and its ``v`` is frozen.
+        """
+        b, device, k = x0_all.shape[0], x0_all.device, self.k
+        gives_up = type(self)._finished is not Attack._finished
+        ctx = {
+            name: t.clone()
+            for name, t in self._admit(0, cap, x0_all, labels, res, max_left).items()
+        }
+        index = torch.arange(cap, device=device)
+        it = torch.zeros(cap, dtype=torch.long, device=device)
+        it_host = torch.zeros(cap, dtype=torch.long)
+        queued = cap  # samples queued..b-1 have not started
+        lazy = sync_every > 1
+        if lazy:
+            done_before = torch.zeros(cap, dtype=torch.bool, device=device)
+            kept = {
+                "x": torch.empty_like(ctx["x0"]),
+                "scores": torch.empty_like(res.clean_scores[:cap]),
+                "ok": torch.zeros(cap, dtype=torch.bool, device=device),
+                "it": torch.zeros(cap, dtype=torch.long, device=device),
+            }
+        since_check = 0
+        while index.numel():
+            v = ctx["v"] = ctx["v"].detach().requires_grad_(True)
+            with torch.enable_grad():
+                x_adv = _Pixels.apply(ctx["z0"], v)
+                scores = self.model(x_adv)
+            x_det, s_det = x_adv.detach(), scores.detach()
+            left = ctx["specified"].gather(1, topk_indices(s_det, k)).sum(dim=1)
+            ok = left <= ctx["max_left"]
+            fin = ok | (it >= self.max_iter)
+            if gives_up:
+                fin = fin | self._finished(s_det, ctx)
+            since_check += 1
+            check = since_check >= sync_every or bool((it_host >= self.max_iter).any())
+            if lazy:
+                newly = fin & ~done_before
+                fin = fin | done_before
+            if not check:
+                # masked bookkeeping, no host-device synchronisation
+                for name, now in (("x", x_det), ("scores", s_det), ("ok", ok), ("it", it)):
+                    mask = newly.view((-1,) + (1,) * (now.dim() - 1))
+                    kept[name] = torch.where(mask, now, kept[name])
+                done_before = fin
+                v_old = v.detach().clone()  # _update may step ctx["v"] in place
+                with torch.enable_grad():
+                    v_new = self._update(x_adv, scores, ctx).detach()
+                frozen = fin.view((-1,) + (1,) * (v.dim() - 1))
+                ctx["v"] = torch.where(frozen, v_old, v_new)
+                it += 1
+                it_host += 1
+                continue
+            since_check = 0
+            wait = self._flags_reader(fin)
+            if wait is not None:
+                with torch.enable_grad():
+                    ctx["v"] = self._update(x_adv, scores, ctx).detach()
+                done = wait()
+            else:
+                done = fin.cpu()
+                if bool(done.all()):
+                    ctx["v"] = v.detach()  # every slot is finished: no step needed
+                else:
+                    with torch.enable_grad():
+                        ctx["v"] = self._update(x_adv, scores, ctx).detach()
+            rows = torch.nonzero(done).flatten()
+            it += 1
+            it_host += 1
+            if not rows.numel():
+                continue
+            # write the finished samples' results
+            rows_d = _upload(rows, device)
+            out = index[rows_d]
+            final = {
+                "x": x_det[rows_d],
+                "scores": s_det[rows_d],
+                "ok": ok[rows_d],
+                "it": it[rows_d] - 1,
+            }
+            if lazy:
+                earlier = ~newly[rows_d]
+                for name, now in final.items():
+                    mask = earlier.view((-1,) + (1,) * (now.dim() - 1))
+                    final[name] = torch.where(mask, kept[name][rows_d], now)
+            res.adv_images[out] = final["x"]
+            res.adv_scores[out] = final["scores"]
+            res.success[out] = final["ok"]
+            res.iterations[out] = final["it"]
+            # refill their slots in place from the queue ...
+            n_new = min(rows.numel(), b - queued)
+            if n_new:
+                fill, fill_d = rows[:n_new], rows_d[:n_new]
+                new = self._admit(queued, queued + n_new, x0_all, labels, res, max_left)
+                if new.keys() != ctx.keys():
+                    raise RuntimeError(
+                        f"{type(self).__name__} keeps per-sample state {sorted(ctx)} but "
+                        f"_prepare creates {sorted(new)}; create every entry in _prepare"
+                    )
+                for name, t in ctx.items():
+                    t.index_copy_(0, fill_d, new[name].to(t.dtype))
+                index.index_copy_(0, fill_d, torch.arange(queued, queued + n_new, device=device))
+                it.index_fill_(0, fill_d, 0)
+                it_host.index_fill_(0, fill, 0)
+                queued += n_new
+            # ... and drop the slots the queue could not refill
+            if n_new < rows.numel():
+                keep_mask = ~done
+                keep_mask[rows[:n_new]] = True
+                keep = torch.nonzero(keep_mask).flatten()
+                keep_d = _upload(keep, device)
+                ctx = {name: t.index_select(0, keep_d) for name, t in ctx.items()}
+                index, it, it_host = index[keep_d], it[keep_d], it_host[keep]
+                if lazy:
+                    kept = {name: t.index_select(0, keep_d) for name, t in kept.items()}
+            if lazy:
+                done_before = torch.zeros(index.shape, dtype=torch.bool, device=device)
 
 
 class LossAttack(Attack):
@@ -326,16 +545,29 @@ class LossAttack(Attack):
     def _prepare(self, clean_scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> None:
         ctx["momentum_buffer"] = torch.zeros_like(ctx["x0"])
 
-    def _update(self, z, x_adv, scores, ctx):
+    def _update(self, x_adv, scores, ctx):
         w = ctx["v"]
         loss = self.objective(scores, ctx).sum()
         if self.penalty == "pixel" and self.lam > 0:
             loss = loss + 0.5 * self.lam * (x_adv - ctx["x0"]).pow(2).sum()
         (grad,) = torch.autograd.grad(loss, w)
-        if self.penalty == "w":
-            grad = grad + self.lam * w.detach()
-        buf = ctx["momentum_buffer"].mul_(self.momentum).add_(grad)
-        return self._constrain(w.detach() - self.lr * buf, ctx)
+        return self._constrain(self._sgd_step(w.detach(), grad, ctx["momentum_buffer"]), ctx)
+
+    def _sgd_step(self, w: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+        """torch.optim.SGD's step, in place on ``w`` and ``buf``: ``d = g + λw`` (penalty
+        ``"w"``), ``buf = 0.9·buf + d``, ``w = w − lr·buf``; in one fused pass where PyTorch
+        has one (bit-identical to the three separate passes)."""
+        lam = self.lam if self.penalty == "w" else 0.0
+        if _FUSED_SGD is not None and w.dtype in _FUSED_DTYPES and grad.dtype == w.dtype:
+            _FUSED_SGD(
+                [w], [grad], [buf], weight_decay=lam, momentum=self.momentum, lr=self.lr,
+                dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
+            )  # fmt: skip
+            return w
+        if lam > 0:
+            grad = grad.add(w, alpha=lam)
+        buf.mul_(self.momentum).add_(grad)
+        return w.add_(buf, alpha=-self.lr)
 
     def _constrain(self, w: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hook for a projection after the step (ML-CW-U's L2 budget); identity here."""

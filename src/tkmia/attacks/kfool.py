@@ -59,14 +59,14 @@ class KFool(Attack):
         top = targets.gather(1, topk_indices(scores, self.k))
         return ~top.any(dim=1)
 
-    def _update(self, z, x_adv, scores, ctx):
+    def _update(self, x_adv, scores, ctx):
         v = ctx["v"]
         n = scores.shape[0]
         view = (n,) + (1,) * (v.dim() - 1)
         anchor = ctx["anchor"]
         f_m = scores.gather(1, anchor)
         slots = topk_indices(scores.detach(), self.k + 1)
-        w = torch.zeros_like(v)
+        w = None
         s = torch.zeros(n, dtype=v.dtype, device=v.device)
         for j in range(self.k + 1):
             p = slots[:, j : j + 1]
@@ -74,8 +74,9 @@ class KFool(Attack):
             (g,) = torch.autograd.grad(diff.sum(), v, retain_graph=j < self.k)
             other = (p != anchor).squeeze(1).to(v.dtype)
             norm = g.flatten(1).norm(dim=1).clamp(min=1e-12)
-            w = w + (other / norm).view(view) * g
+            coef = (other / norm).view(view)
+            w = g * coef if w is None else w.addcmul_(coef, g)  # w += g_p / ‖g_p‖
             s = s + other * diff.detach().squeeze(1) / norm
         w_norm = w.flatten(1).norm(dim=1).clamp(min=1e-12)
-        ctx["r"] = ctx["r"] + (s.abs() / w_norm).view(view) * w
+        ctx["r"] = ctx["r"].addcmul(w, (s.abs() / w_norm).view(view))
         return (1 + self.overshoot) * ctx["r"]

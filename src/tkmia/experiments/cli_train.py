@@ -27,7 +27,15 @@ def train_command(args: argparse.Namespace) -> int:
     import torch
 
     from tkmia.data.factory import DATASETS, EVAL_SPLIT, TRAIN_SPLIT, open_dataset
-    from tkmia.models import IMAGENET_MEAN, IMAGENET_STD, Normalized, build_net
+    from tkmia.experiments.cli_run import _check_writable
+    from tkmia.models import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        Normalized,
+        architectures,
+        build_net,
+        load_state,
+    )
     from tkmia.models.builtin import BUILTIN_ARCH
     from tkmia.models.resnet import load_imagenet_weights
     from tkmia.training import TrainConfig, train_model
@@ -36,6 +44,12 @@ def train_command(args: argparse.Namespace) -> int:
         raise InputError(f"unknown dataset {args.dataset!r}; expected one of {list(DATASETS)}")
     arch, epochs, batch_size, lr, optimizer, hflip = TRAIN_DEFAULTS[args.dataset]
     arch = args.arch or arch
+    if arch not in architectures():
+        raise InputError(f"unknown architecture {arch!r}; expected one of {architectures()}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be a non-negative integer, got {args.seed!r}")
+    if args.num_workers < 0:
+        raise InputError(f"--num-workers must be a non-negative integer, got {args.num_workers!r}")
     config = TrainConfig(
         epochs=args.epochs if args.epochs is not None else epochs,
         batch_size=args.batch_size if args.batch_size is not None else batch_size,
@@ -52,10 +66,22 @@ def train_command(args: argparse.Namespace) -> int:
             f"weights file {str(args.weights)!r} not found; pass a local torchvision ImageNet "
             "state dict (.pth) or .safetensors file (nothing is downloaded)"
         )
+    if args.weights is not None:
+        load_state(args.weights)  # refuses pickles; read again (into the network) later
+        if arch == BUILTIN_ARCH:
+            raise InputError(
+                f"--weights {str(args.weights)!r} are ImageNet weights for the ResNets; the "
+                f"built-in architecture {BUILTIN_ARCH!r} trains from scratch (drop --weights)"
+            )
     device = args.device
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device must be cpu or cuda[:i], got {device!r}") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device!r} asked for, but no CUDA device is available")
     out = args.out or _default_out(args.dataset, arch)
+    _check_writable(Path(out))
 
     if args.dataset == "digits":
         train_set = open_dataset("digits", "train", seed=args.seed)

@@ -1,8 +1,14 @@
 """Per-sample records: the single source of truth of a run.
 
-Records of one (setting, method) live in one JSON-lines file, one line per attacked image,
-appended (and flushed to disk) batch by batch. A run that is interrupted loses at most the
-batch in flight; a partly written last line is ignored when the file is read back.
+Records of one (setting, method) live in JSON-lines files, one line per attacked image,
+appended (and flushed to disk) batch by batch, each batch in one ``write``: a run that is
+interrupted loses at most the batch in flight; a partly written last line is ignored when
+the file is read back (and cut off before a resumed run appends). A single process writes
+``<method>.jsonl``; rank ``r`` of a distributed run writes ``<method>.rank<r>.jsonl``
+(see :func:`record_files`).
+
+Also here: the image-quality measures of a perturbation (PSNR, SSIM) and the 8-bit
+quantisation an attacker faces when the adversarial image is saved as a PNG.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import torch
 
 from tkmia.attacks import AttackResult
+from tkmia.errors import InputError
 from tkmia.metrics import ap_at_k, ndcg_at_k, precision_at_k, removed_count, topk_accuracy
 
 MEASURES = {
@@ -27,9 +34,67 @@ MEASURES = {
 
 
 def psnr(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for pixels in [0, 1], per sample ``(B,)``."""
-    mse = (adv - clean).pow(2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse.clamp(min=1e-20))
+    """Peak signal-to-noise ratio in dB for pixels in [0, 1], per sample ``(B,)``.
+
+    Identical images (MSE 0) get ``inf``'s stand-in of 200 dB (MSE clamped at 1e-20).
+    """
+    mse = (adv - clean).double().pow(2).flatten(1).mean(dim=1)
+    return (10 * torch.log10(1.0 / mse.clamp(min=1e-20))).float()
+
+
+#: SSIM constants of Wang et al. (2004) for pixels in [0, 1]: a Gaussian window of
+#: side 11 and standard deviation 1.5, K1 = 0.01, K2 = 0.03.
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+
+
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).to(dtype)
+
+
+def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) per sample ``(B,)``, pixels in [0, 1].
+
+    The standard Gaussian-window SSIM: local means, variances and covariance weighted by
+    an 11 × 11 Gaussian (σ = 1.5), ``C1 = (0.01)^2``, ``C2 = (0.03)^2``, the SSIM map
+    computed per channel at every position where the window fits inside the image, then
+    averaged over positions and channels. This equals scikit-image's
+    ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1, channel_axis=0)``. Images smaller than
+    11 pixels use the largest odd window that fits.
+    """
+    if clean.shape != adv.shape or clean.dim() != 4:
+        raise InputError(f"ssim takes two (B, C, H, W) tensors, got {tuple(clean.shape)} "
+                         f"and {tuple(adv.shape)}")
+    b, c, h, w = clean.shape
+    size = min(SSIM_WINDOW, h, w)
+    size -= 1 - size % 2  # odd
+    x, y = clean.double(), adv.double()
+    win = _gaussian_window(size, SSIM_SIGMA, x.dtype).to(x.device)
+    win = win.expand(c, 1, size, size).contiguous()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, win, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return smap.flatten(1).mean(dim=1).float()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] as the 8-bit values a PNG stores: ``round(x · 255)`` (uint8)."""
+    return images.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``round(x · 255) / 255``: the image saved as an 8-bit PNG and read back, in [0, 1]."""
+    return to_uint8(images).to(images.dtype).div(255)
 
 
 def make_records(
@@ -39,8 +104,13 @@ def make_records(
     result: AttackResult,
     k: int,
     seconds: float,
+    success_uint8: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per sample: success, ΔN, the four measures before/after, norms."""
+    """One record per sample: success, ΔN, the four measures before/after, norms.
+
+    ``success_uint8`` ``(B,)``: success re-measured on the 8-bit quantised adversarial
+    images (see :func:`quantize_uint8`); stored as ``success_uint8`` when given.
+    """
     labels = labels.to(result.clean_scores.device)
     out: dict[str, list] = {
         "index": indices,
@@ -57,7 +127,11 @@ def make_records(
     delta = (result.adv_images - images.to(result.adv_images.device)).flatten(1)
     out["l2"] = delta.norm(dim=1).tolist()
     out["linf"] = delta.abs().amax(dim=1).tolist()
-    out["psnr"] = psnr(images.to(result.adv_images.device), result.adv_images).tolist()
+    clean = images.to(result.adv_images.device)
+    out["psnr"] = psnr(clean, result.adv_images).tolist()
+    out["ssim"] = ssim(clean, result.adv_images.detach()).tolist()
+    if success_uint8 is not None:
+        out["success_uint8"] = success_uint8.bool().tolist()
     out["specified"] = [torch.nonzero(r).flatten().tolist() for r in result.specified]
     per_sample = seconds / max(len(indices), 1)
     return [
@@ -67,13 +141,58 @@ def make_records(
 
 
 def append_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records as JSON lines and flush them to disk."""
+    """Append records as JSON lines (one ``write`` for the batch) and fsync them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, allow_nan=True) + "\n")
+    data = "".join(json.dumps(rec, allow_nan=True) + "\n" for rec in records).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def record_files(directory: Path, method_key: str) -> list[Path]:
+    """Every records file of one method in a setting's folder: the single-process file
+    ``<method>.jsonl`` and the per-rank files ``<method>.rank<r>.jsonl``, in that order."""
+    files = [directory / f"{method_key}.jsonl"]
+    ranked = directory.glob(f"{method_key}.rank*.jsonl")
+    files += sorted(
+        (p for p in ranked if p.name[len(method_key) + 5 : -6].isdigit()),
+        key=lambda p: int(p.name[len(method_key) + 5 : -6]),
+    )
+    return [p for p in files if p.is_file()]
+
+
+def read_all_records(
+    directory: Path, method_key: str, repair: bool = False
+) -> list[dict[str, Any]]:
+    """The records of one method from all its files, one per image (the first seen),
+    sorted by image index, so that sums over them never depend on sharding or resuming."""
+    seen: dict[int, dict[str, Any]] = {}
+    for path in record_files(directory, method_key):
+        for rec in read_records(path, repair=repair):
+            seen.setdefault(int(rec["index"]), rec)
+    return [seen[i] for i in sorted(seen)]
+
+
+def drop_records(path: Path, indices: set[int]) -> int:
+    """Rewrite ``path`` atomically without the records of ``indices``; returns how many
+    were dropped (0: the file is left untouched)."""
+    records = read_records(path, repair=True)
+    keep = [r for r in records if int(r["index"]) not in indices]
+    if len(keep) == len(records):
+        return 0
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    data = "".join(json.dumps(rec, allow_nan=True) + "\n" for rec in keep)
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    tmp.replace(path)
+    return len(records) - len(keep)
 
 
 def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -100,12 +219,15 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
     """Aggregate records of one (setting, method) into the summary's measure columns.
 
     Drops are clean minus adversarial, averaged over all attacked samples; APer is the
-    mean L2 norm over the successful samples only (NaN when none succeeded).
+    mean L2 norm over the successful samples only (NaN when none succeeded), and so are
+    ``linf``, ``psnr`` and ``ssim``. ``success_uint8`` is the success rate after 8-bit
+    quantisation (NaN for records written before it existed).
     """
     ok = [r for r in records if r["success"]]
     row = {
         "attacked": len(records),
         "success_rate": _mean([float(r["success"]) for r in records]),
+        "success_uint8": _mean([float(r.get("success_uint8", math.nan)) for r in records]),
     }
     for name in MEASURES:
         row[f"d_{name}"] = _mean([r[f"{name}_clean"] - r[f"{name}_adv"] for r in records])
@@ -115,6 +237,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
         "aper": _mean([r["l2"] for r in ok]),
         "linf": _mean([r["linf"] for r in ok]),
         "psnr": _mean([r["psnr"] for r in ok]),
+        "ssim": _mean([r.get("ssim", math.nan) for r in ok]),
         "mean_iterations": _mean([float(r["iterations"]) for r in records]),
         "seconds": sum(r["seconds"] for r in records),
     }

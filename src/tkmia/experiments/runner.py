@@ -1,10 +1,24 @@
-"""Run the paper's protocol: select eligible images, attack them, record, summarise."""
+"""Run the paper's protocol: select eligible images, attack them, record, summarise.
+
+Resuming: records are appended batch by batch (see :mod:`tkmia.experiments.records`); a
+rerun of the same configuration attacks only the batches that have no records yet, so a
+record is never duplicated and an interrupted run ends with the table of an uninterrupted
+one. The selected list of each setting is always cut into the same batches (positions
+``[0, b)``, ``[b, 2b)``, ... for ``--batch-size b``); a batch that an interrupted write
+left incomplete is dropped and attacked again as a whole, so every image is attacked in
+the company it would have had without the interruption (bit-identical results on the CPU).
+
+Sharding: with ``torchrun`` each rank attacks every ``WORLD_SIZE``-th batch (see
+:mod:`tkmia.experiments.distributed`).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,30 +31,64 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tkmia.errors import InputError
-from tkmia.experiments.records import append_records, make_records, read_records, summarise
+from tkmia.errors import BadImageError, InputError
+from tkmia.experiments.distributed import DistInfo
+from tkmia.experiments.records import (
+    append_records,
+    drop_records,
+    make_records,
+    quantize_uint8,
+    read_all_records,
+    record_files,
+    summarise,
+)
 from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.metrics import removed_count
 from tkmia.protocol import select_global, select_random
 
 SUMMARY_COLUMNS = [
     "dataset", "model", "scheme", "k", "group", "n", "threshold", "method", "lr", "lam",
-    "max_iter", "attacked", "skipped", "success_rate", "d_tkacc", "d_p_at_k", "d_map_at_k",
-    "d_ndcg_at_k", "delta_n", "mean_specified", "aper", "linf", "psnr", "mean_iterations",
-    "seconds",
+    "max_iter", "attacked", "skipped", "success_rate", "success_uint8", "d_tkacc",
+    "d_p_at_k", "d_map_at_k", "d_ndcg_at_k", "delta_n", "mean_specified", "aper", "linf",
+    "psnr", "ssim", "mean_iterations", "seconds",
 ]  # fmt: skip
+#: columns that measure time, not results: they differ between identical runs.
+TIMING_COLUMNS = ("seconds",)
+
+Normalize = tuple[Sequence[float], Sequence[float]]
+
+
+def _score(model: nn.Module, images: torch.Tensor, normalize: Normalize | None) -> torch.Tensor:
+    if normalize is not None:
+        mean = torch.as_tensor(normalize[0], dtype=images.dtype, device=images.device)
+        std = torch.as_tensor(normalize[1], dtype=images.dtype, device=images.device)
+        images = (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return model(images)
 
 
 class CleanScores:
     """Scores the evaluation split in dataset order, on demand, and keeps them.
 
     ``upto(n)`` makes sure the first ``n`` images are scored; ``scores`` and ``labels``
-    then hold ``(n_scored, c)`` tensors on the CPU.
+    then hold ``(n_scored, c)`` tensors on the CPU. With ``skip_bad=True`` an image that
+    cannot be read (:class:`~tkmia.errors.BadImageError`) is marked in ``bad`` (its
+    scores are zeros and it is never eligible); otherwise the error stops the run.
     """
 
-    def __init__(self, model: nn.Module, dataset: Dataset, batch_size: int, device: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        batch_size: int,
+        device: str,
+        normalize: Normalize | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         self.model, self.dataset, self.batch_size, self.device = model, dataset, batch_size, device
+        self.normalize, self.skip_bad = normalize, skip_bad
         self.scores = torch.empty(0)
         self.labels = torch.empty(0)
+        self.bad = torch.zeros(0, dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -49,18 +97,44 @@ class CleanScores:
     def n_scored(self) -> int:
         return self.scores.shape[0]
 
+    def _item(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            return self.dataset[i]
+        except BadImageError as err:
+            if self.skip_bad:
+                return None
+            raise BadImageError(
+                f"{err} (or pass --skip-bad-images to skip unreadable images; they are "
+                "counted as skipped)"
+            ) from None
+
     @torch.no_grad()
     def upto(self, n: int) -> None:
         n = min(n, len(self.dataset))
-        chunks, labels = [self.scores], [self.labels]
+        chunks, labels, bads = [self.scores], [self.labels], [self.bad]
         for start in range(self.n_scored, n, self.batch_size):
-            items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
-            images = torch.stack([im for im, _ in items]).to(self.device)
-            chunks.append(self.model(images).float().cpu())
-            labels.append(torch.stack([lab for _, lab in items]).float())
+            stop = min(start + self.batch_size, n)
+            items = [self._item(i) for i in range(start, stop)]
+            good = [it for it in items if it is not None]
+            bad = torch.tensor([it is None for it in items], dtype=torch.bool)
+            if good:
+                images = torch.stack([im for im, _ in good]).to(self.device)
+                good_scores = _score(self.model, images, self.normalize).float().cpu()
+                c = good_scores.shape[1]
+                good_labels = torch.stack([lab for _, lab in good]).float()
+            else:
+                c = self.labels.shape[1] if self.labels.numel() else len(self.dataset.classes)
+                good_scores = good_labels = torch.zeros(0, c)
+            scores = torch.zeros(len(items), c)
+            labs = torch.zeros(len(items), c)
+            scores[~bad], labs[~bad] = good_scores, good_labels
+            chunks.append(scores)
+            labels.append(labs)
+            bads.append(bad)
         if len(chunks) > 1:
             self.scores = torch.cat([c for c in chunks if c.numel()])
             self.labels = torch.cat([lb for lb in labels if lb.numel()])
+            self.bad = torch.cat(bads)
 
 
 def select(
@@ -69,7 +143,8 @@ def select(
     """The first ``samples`` eligible images: ``(indices, specified (len, c), skipped)``.
 
     ``skipped`` counts the ineligible images met before the last selected one (all
-    ineligible images of the split when fewer than ``samples`` are eligible).
+    ineligible images of the split when fewer than ``samples`` are eligible); unreadable
+    images skipped with ``skip_bad`` are among them.
     """
     chosen: list[int] = []
     specified_rows: list[torch.Tensor] = []
@@ -85,6 +160,7 @@ def select(
             spec, ok = select_random(
                 labels, scores, setting.n, setting.k, seed, range(start, stop)
             )
+        ok = ok & ~cache.bad[start:stop]
         for row in torch.nonzero(ok).flatten().tolist():
             if len(chosen) == samples:
                 break
@@ -96,6 +172,11 @@ def select(
     c = cache.scores.shape[1]
     specified = torch.stack(specified_rows) if specified_rows else torch.zeros(0, c, dtype=bool)
     return chosen, specified, skipped
+
+
+def batches(n: int, batch_size: int) -> list[range]:
+    """The fixed batches of a selected list of ``n`` images: positions ``[s, s + b)``."""
+    return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
 @dataclass
@@ -123,11 +204,12 @@ class RunConfig:
         } | self.extra
 
 
-def _check_out_dir(out: Path, config: dict[str, Any]) -> None:
+def _check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> None:
     """Create ``out`` or make sure it holds a run of the same configuration (resume)."""
     path = out / "config.json"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if write:
+            out.mkdir(parents=True, exist_ok=True)
         if path.is_file():
             old = json.loads(path.read_text())
             if old != config:
@@ -136,11 +218,26 @@ def _check_out_dir(out: Path, config: dict[str, Any]) -> None:
                     "pass another --out to start a new run (or the same command to resume)"
                 )
             return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-        tmp.replace(path)
+        if not write:
+            raise InputError(f"{str(path)!r} is missing (rank 0 should have written it)")
+        _write_text(path, json.dumps(config, indent=2, sort_keys=True))
     except OSError as err:
         raise InputError(f"cannot write results to {str(out)!r}: {err.strerror}") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _save_examples(
@@ -161,9 +258,32 @@ def _save_examples(
         "success": result.success.cpu(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)
+
+
+@torch.no_grad()
+def quantised_success(
+    model: nn.Module, result, k: int, normalize: Normalize | None = None
+) -> torch.Tensor:
+    """Success ``(B,)`` re-measured after the adversarial images are saved as 8-bit PNGs
+    and read back (``round(x · 255) / 255``): the model is scored on the quantised images
+    and the attack's own rule applied (``ΔN >= required``, with ΔN against the clean
+    top-k)."""
+    quantised = quantize_uint8(result.adv_images.detach())
+    scores = _score(model, quantised, normalize).to(result.clean_scores.dtype)
+    removed = removed_count(result.clean_scores, scores, result.specified, k)
+    return removed >= result.required.to(removed.device)
+
+
+@dataclass
+class _Plan:
+    setting: Setting
+    indices: list[int]
+    specified: torch.Tensor
+    skipped: int
+    bad: list[int]
 
 
 def run(
@@ -174,37 +294,82 @@ def run(
     *,
     device: str = "cpu",
     progress: bool = True,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalize: Normalize | None = None,
+    skip_bad_images: bool = False,
+    dist: DistInfo | None = None,
 ) -> list[dict[str, Any]]:
     """Carry out the protocol for every setting × method; returns the summary rows.
 
-    Records go to ``out/records/<setting>/<method>.jsonl`` as the run goes; a rerun with
-    the same configuration resumes where the last one stopped. ``summary.csv`` is written
-    at the end from the records alone.
+    Records go to ``out/records/<setting>/<method>.jsonl`` (``.rank<r>.jsonl`` for rank
+    ``r`` of a distributed run) as the run goes; a rerun with the same configuration
+    resumes where the last one stopped. ``summary.csv`` is written at the end (by rank 0)
+    from the records alone. With ``skip_bad_images`` an unreadable image is skipped and
+    counted (``bad_images`` in ``setting.json``) instead of stopping the run.
     """
-    _check_out_dir(out, config.as_json())
+    dist = dist or DistInfo()
+    error = None
+    if dist.is_main:
+        try:
+            _check_out_dir(out, config.as_json())
+        except InputError as err:
+            error = str(err)
+    error = dist.share(error)
+    if error is not None:
+        raise InputError(error)
+    if not dist.is_main:
+        _check_out_dir(out, config.as_json(), write=False)
     model = model.to(device).eval()
-    cache = CleanScores(model, dataset, config.batch_size, device)
+    cache = CleanScores(
+        model, dataset, config.batch_size, device, normalize=normalize, skip_bad=skip_bad_images
+    )
+    # 1. selection (deterministic: every rank selects the same images)
+    plans = []
     for setting in config.settings:
         indices, specified, skipped = select(cache, setting, config.samples, config.seed)
+        scanned = indices[-1] + 1 if len(indices) == config.samples else cache.n_scored
+        bad = torch.nonzero(cache.bad[:scanned]).flatten().tolist()
+        plans.append(_Plan(setting, indices, specified, skipped, bad))
+    # 2. rank 0 writes what describes the run and repairs interrupted batches
+    if dist.is_main:
+        for plan in plans:
+            setting_dir = out / "records" / plan.setting.key
+            _write_json(
+                setting_dir / "setting.json",
+                asdict(plan.setting)
+                | {"skipped": plan.skipped, "bad_images": len(plan.bad)}
+                | ({"bad_image_indices": plan.bad} if plan.bad else {})
+                | {"indices": plan.indices},
+            )
+            for method in config.methods:
+                _write_json(setting_dir / f"{method.key}.json", method.as_dict())
+                _drop_incomplete_batches(setting_dir, method.key, plan.indices, config.batch_size)
+        _report_bad_images(plans, dataset)
+    dist.barrier()
+    # 3. every rank attacks its batches
+    for plan in plans:
+        setting, indices, specified = plan.setting, plan.indices, plan.specified
         setting_dir = out / "records" / setting.key
-        _write_json(setting_dir / "setting.json", asdict(setting) | {"skipped": skipped})
         for method in config.methods:
-            path = setting_dir / f"{method.key}.jsonl"
-            _write_json(path.with_suffix(".json"), method.as_dict())
-            done = {r["index"] for r in read_records(path, repair=True)}
-            todo = [i for i, idx in enumerate(indices) if idx not in done]
-            attack = method.build(model, setting.k, normalize) if todo else None
+            done = {r["index"] for r in read_all_records(setting_dir, method.key)}
+            mine = [
+                [p for p in chunk if indices[p] not in done]
+                for b, chunk in enumerate(batches(len(indices), config.batch_size))
+                if dist.owns(b)
+            ]
+            mine_total = sum(len(chunk) for chunk in mine)
+            mine = [chunk for chunk in mine if chunk]
+            path = setting_dir / dist.records_name(method.key)
+            attack = method.build(model, setting.k, normalize) if mine else None
+            todo = sum(len(chunk) for chunk in mine)
             bar = tqdm(
-                total=len(indices),
-                initial=len(indices) - len(todo),
+                total=mine_total,
+                initial=mine_total - todo,
                 desc=f"{setting.key} {method.method}",
-                disable=not progress,
+                disable=not progress or not dist.is_main,
                 leave=False,
             )
             example_path = out / "examples" / setting.key / f"{method.key}.safetensors"
-            for start in range(0, len(todo), config.batch_size):
-                rows_ = todo[start : start + config.batch_size]
+            for rows_ in mine:
                 batch_idx = [indices[i] for i in rows_]
                 items = [dataset[i] for i in batch_idx]
                 images = torch.stack([im for im, _ in items]).to(device)
@@ -214,6 +379,7 @@ def run(
                     images, labels, specified[rows_].to(device), setting.effective_threshold
                 )
                 seconds = time.perf_counter() - t0
+                ok8 = quantised_success(model, result, setting.k, normalize)
                 if rows_[0] == 0 and config.examples > 0:
                     n_ex = min(config.examples, len(rows_))
                     _save_examples(
@@ -224,20 +390,47 @@ def run(
                         _slice_result(result, n_ex),
                     )
                 append_records(
-                    path, make_records(batch_idx, images, labels, result, setting.k, seconds)
+                    path,
+                    make_records(batch_idx, images, labels, result, setting.k, seconds, ok8),
                 )
                 bar.update(len(rows_))
             bar.close()
+    # 4. rank 0 summarises every rank's records
+    dist.barrier()
     rows = collect_rows(out, config.settings, config.methods)
-    write_summary(out, rows)
+    if dist.is_main:
+        write_summary(out, rows)
     return rows
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+def _drop_incomplete_batches(
+    setting_dir: Path, method_key: str, indices: list[int], batch_size: int
+) -> None:
+    """Cut torn tails and drop the records of batches that were only partly written."""
+    done = {r["index"] for r in read_all_records(setting_dir, method_key, repair=True)}
+    drop: set[int] = set()
+    for chunk in batches(len(indices), batch_size):
+        have = [indices[p] for p in chunk if indices[p] in done]
+        if 0 < len(have) < len(chunk):
+            drop.update(have)
+    if drop:
+        for path in record_files(setting_dir, method_key):
+            drop_records(path, drop)
+
+
+def _report_bad_images(plans: list[_Plan], dataset: Dataset) -> None:
+    bad = sorted({i for plan in plans for i in plan.bad})
+    if not bad:
+        return
+    paths = getattr(dataset, "paths", None)
+    names = [str(paths[i]) if paths is not None else f"#{i}" for i in bad[:3]]
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    print(
+        f"tkmia run: skipped {len(bad)} unreadable image(s) (--skip-bad-images; counted "
+        f"as skipped and as bad_images in setting.json): {', '.join(names)}{more}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def collect_rows(
@@ -245,7 +438,11 @@ def collect_rows(
     settings: Sequence[Setting] | None = None,
     methods: Sequence[MethodConfig] | None = None,
 ) -> list[dict[str, Any]]:
-    """Summary rows re-derived from the records under ``out`` (in run order if given)."""
+    """Summary rows re-derived from the records under ``out`` (in run order if given).
+
+    The records of all files of a method (a single process's and every rank's) are
+    merged, one per image, in image order.
+    """
     path = out / "config.json"
     if not path.is_file():
         raise InputError(f"{str(out)!r} is not a tkmia results folder (no config.json)")
@@ -259,6 +456,9 @@ def collect_rows(
             continue
         sdata = json.loads((sdir / "setting.json").read_text())
         skipped = sdata.pop("skipped")
+        bad_images = sdata.pop("bad_images", 0)
+        sdata.pop("bad_image_indices", None)
+        selected = sdata.pop("indices", None)
         if sdata.get("group_indices") is not None:
             sdata["group_indices"] = tuple(sdata["group_indices"])
         setting = Setting(**sdata)
@@ -267,10 +467,14 @@ def collect_rows(
             if not mpath.is_file():
                 continue
             method = MethodConfig(**json.loads(mpath.read_text()))
-            records = read_records(mpath.with_suffix(".jsonl"))
-            rows.append(
-                _summary_row(config["dataset"], config["model"], setting, method, skipped, records)
+            records = read_all_records(sdir, mkey)
+            if selected is not None:  # records of images no longer selected do not count
+                keep = set(selected)
+                records = [r for r in records if r["index"] in keep]
+            row = _summary_row(
+                config["dataset"], config["model"], setting, method, skipped, records
             )
+            rows.append(row | {"bad_images": bad_images})
     return rows
 
 
@@ -311,14 +515,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write ``summary.csv`` atomically (temporary file, then rename)."""
-    path = out / "summary.csv"
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _fmt(row[key]) for key in SUMMARY_COLUMNS})
-    tmp.replace(path)
+def write_summary(out: Path, rows: list[dict[str, Any]], name: str = "summary.csv") -> Path:
+    """Write ``summary.csv`` (or ``name``, same columns) atomically."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _fmt(row.get(key, math.nan)) for key in SUMMARY_COLUMNS})
+    path = out / name
+    _write_text(path, buffer.getvalue())
     return path
+
+
+def read_summary(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``summary.csv`` (values as strings, as written)."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

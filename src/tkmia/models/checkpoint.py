@@ -12,6 +12,7 @@ module (the normalisation buffers included).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,18 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(side.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"checkpoint metadata {str(side)!r} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"checkpoint metadata {str(side)!r} must be a JSON object")
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise InputError(f"checkpoint metadata {str(side)!r} lacks the keys {missing}")
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise InputError(
+            f"checkpoint metadata {str(side)!r}: 'classes' must be a list of label names"
+        )
     return meta
 
 
@@ -91,9 +99,15 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # any failure means: not a plain, safe weights file
+            # torch's message runs over several lines (and suggests allow-listing the
+            # global): keep only what the file holds
+            found = re.search(r"Unsupported global: (GLOBAL [^ ]+)", str(err))
+            why = f"it holds pickled Python objects ({found.group(1)})" if found else (
+                "it is not a weights-only torch file: " + (str(err).strip().splitlines()
+                                                           or [type(err).__name__])[0])
             raise InputError(
-                f"refusing to load {str(path)!r}: it is not a plain weights file "
-                f"(only safetensors or weights-only torch files are accepted): {err}"
+                f"refusing to load {str(path)!r}: {why}; only safetensors files or state "
+                "dicts of tensors are accepted (a pickle could run code)"
             ) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]

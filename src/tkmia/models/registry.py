@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tkmia.errors import InputError
+from tkmia.errors import InputError, MissingFileError
 from tkmia.models.checkpoint import load_state, read_meta
 from tkmia.models.wrapper import Normalized
 
@@ -62,6 +62,8 @@ def load_model(
         ``(model, meta)`` with the model in eval mode.
     """
     path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"model checkpoint {str(path)!r} not found")
     if path.suffix != ".safetensors":
         raise InputError(
             f"model checkpoint {str(path)!r} must be a .safetensors file with a .json sidecar; "

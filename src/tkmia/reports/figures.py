@@ -1,9 +1,13 @@
-"""Figures like the paper's Fig. 2 and 3: clean image, perturbation, adversarial image,
-and each method's top-k labels with the four measures before and after."""
+"""Figures: the paper's Fig. 2 and 3 (clean image, perturbation, adversarial image, and
+each method's top-k labels with the four measures before and after), and one grouped bar
+chart per measure comparing the methods across settings."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -41,15 +45,23 @@ def _measure_text(scores: torch.Tensor, labels: torch.Tensor, k: int) -> str:
 
 
 def example_figure(
-    setting_dir: Path, classes: list[str], k: int, out_png: Path, title: str = ""
+    setting_dir: Path,
+    classes: list[str],
+    k: int,
+    out_png: Path,
+    title: str = "",
+    methods: Sequence[str] | None = None,
 ) -> Path | None:
     """Draw the saved examples of one setting (all methods side by side) to ``out_png``.
 
     Each row is one image: the clean image with its top-k, then for every method the
     perturbation (amplified to the full range) and the adversarial image with its top-k.
+    ``methods``: the method-configuration keys to draw (default: every saved one).
     Returns None when the setting has no saved examples.
     """
     files = sorted(setting_dir.glob("*.safetensors"))
+    if methods is not None:
+        files = [p for p in files if p.stem in set(methods)]
     if not files:
         return None
     order = list(METHOD_TITLES)
@@ -94,7 +106,95 @@ def example_figure(
     if title:
         fig.suptitle(title + "   (★ specified, ✓ relevant, ✗ irrelevant)", fontsize=9)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    _save(fig, out_png, dpi=110)
     return out_png
+
+
+def _save(fig, out_png: Path, dpi: int) -> None:
+    """Save atomically (a temporary file, then a rename) and close the figure."""
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(out_png)
+
+
+#: (summary column, axis label, file name) of the bar charts, in the paper's order.
+BAR_MEASURES = [
+    ("d_tkacc", "ΔTkAcc", "d_tkacc"),
+    ("d_p_at_k", "ΔP@k", "d_p_at_k"),
+    ("d_map_at_k", "ΔmAP@k", "d_map_at_k"),
+    ("d_ndcg_at_k", "ΔNDCG@k", "d_ndcg_at_k"),
+    ("delta_n", "ΔN (specified labels removed)", "delta_n"),
+    ("aper", "APer (mean L2 of successful perturbations)", "aper"),
+    ("success_rate", "success rate", "success"),
+]
+
+
+def _short_setting(row: dict[str, Any]) -> str:
+    if row["scheme"] == "global":
+        return f"S1 {row['group']}\nk={row['k']}"
+    return f"S2 n={row['n']} t={row['threshold']}\nk={row['k']}"
+
+
+def _value(row: dict[str, Any], column: str) -> float:
+    try:
+        return float(row.get(column))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def measure_bars(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """One grouped bar chart per measure: settings on the x axis, the methods side by side.
+
+    ``rows`` are summary rows with one row per (setting, method) (the selected
+    configurations of a grid); a method run with several configurations gets one bar
+    per configuration. Writes ``out_dir/bars-<measure>.png``; returns the paths.
+    """
+    if not rows:
+        return []
+    from tkmia.reports.tables import setting_title
+
+    settings: dict[str, str] = {}
+    for row in rows:
+        settings.setdefault(setting_title(row), _short_setting(row))
+    order = list(METHOD_TITLES)
+    series: dict[str, dict[str, dict[str, Any]]] = {}
+    grid = len(rows) > len({(setting_title(r), r["method"]) for r in rows})
+    keyed = []
+    for row in rows:
+        label = METHOD_TITLES.get(row["method"], str(row["method"]))
+        if grid:
+            label += (
+                f" (it={row['max_iter']})" if row["method"] == "kfool" else
+                f" (lr={row['lr']}, λ={row['lam']}, it={row['max_iter']})"
+            )
+        rank = order.index(row["method"]) if row["method"] in order else len(order)
+        keyed.append((rank, label, row))
+    for _, label, row in sorted(keyed, key=lambda t: (t[0], t[1])):
+        series.setdefault(label, {})[setting_title(row)] = row
+    titles = list(settings)
+    width = 0.8 / max(len(series), 1)
+    paths = []
+    for column, axis_label, name in BAR_MEASURES:
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(titles) + 1.5), 3.4))
+        for j, (label, by_setting) in enumerate(series.items()):
+            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(titles))]
+            ys = [
+                _value(by_setting[t], column) if t in by_setting else math.nan for t in titles
+            ]
+            ax.bar(xs, [0.0 if math.isnan(y) else y for y in ys], width, label=label)
+            for x, y in zip(xs, ys, strict=True):
+                if math.isnan(y):
+                    ax.text(x, 0, "–", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(titles)))
+        ax.set_xticklabels([settings[t] for t in titles], fontsize=8)
+        ax.set_ylabel(axis_label, fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.legend(fontsize=7, frameon=False)
+        ax.set_title(f"{axis_label} by setting", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"bars-{name}.png"
+        _save(fig, path, dpi=110)
+        paths.append(path)
+    return paths

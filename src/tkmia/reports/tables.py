@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from tkmia.experiments.settings import METHOD_TITLES
@@ -16,7 +16,11 @@ TABLE_COLUMNS = [
     ("d_ndcg_at_k", "ΔNDCG@k"),
     ("delta_n", "ΔN"),
     ("aper", "APer"),
+    ("linf", "L∞"),
+    ("psnr", "PSNR"),
+    ("ssim", "SSIM"),
     ("success_rate", "success"),
+    ("success_uint8", "success 8-bit"),
     ("mean_iterations", "iters"),
     ("attacked", "attacked"),
     ("skipped", "skipped"),
@@ -27,6 +31,7 @@ LATEX_HEADERS = {
     "ΔmAP@k": r"$\Delta$mAP@$k$",
     "ΔNDCG@k": r"$\Delta$NDCG@$k$",
     "ΔN": r"$\Delta N$",
+    "L∞": r"$L_\infty$",
 }
 
 
@@ -51,7 +56,7 @@ def _cell(column: str, value: Any) -> str:
     number = _number(value)
     if math.isnan(number):
         return "–"
-    return f"{number:.2f}" if column == "mean_iterations" else f"{number:.4f}"
+    return f"{number:.2f}" if column in ("mean_iterations", "psnr") else f"{number:.4f}"
 
 
 def _grouped(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -71,25 +76,40 @@ def _method_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return title
 
 
-def markdown_tables(rows: Iterable[dict[str, Any]]) -> str:
+def _marked(row: dict[str, Any], marked: Collection[int] | None) -> bool:
+    return marked is not None and id(row) in marked
+
+
+def markdown_tables(
+    rows: Iterable[dict[str, Any]], marked: Iterable[dict[str, Any]] | None = None
+) -> str:
     """One Markdown table per setting: methods as rows, the paper's measures as columns.
 
     Drops (Δ) are clean minus adversarial: smaller drops mean a less noticeable attack.
+    Rows that are in ``marked`` (the selected configurations) are set in bold.
     """
+    ids = None if marked is None else {id(r) for r in marked}
     parts = []
     for title, group in _grouped(rows).items():
         header = "| method | " + " | ".join(h for _, h in TABLE_COLUMNS) + " |"
         rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
         lines = [f"### {title}", "", header, rule]
         for row in group:
-            cells = " | ".join(_cell(c, row[c]) for c, _ in TABLE_COLUMNS)
-            lines.append(f"| {_method_label(row, group)} | {cells} |")
+            cells = " | ".join(_cell(c, row.get(c)) for c, _ in TABLE_COLUMNS)
+            label = _method_label(row, group)
+            if _marked(row, ids):
+                label = f"**{label}** ✓"
+            lines.append(f"| {label} | {cells} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
-def latex_tables(rows: Iterable[dict[str, Any]]) -> str:
-    """The same tables in LaTeX with booktabs rules (``\\usepackage{booktabs}``)."""
+def latex_tables(
+    rows: Iterable[dict[str, Any]], marked: Iterable[dict[str, Any]] | None = None
+) -> str:
+    """The same tables in LaTeX with booktabs rules (``\\usepackage{booktabs}``);
+    rows in ``marked`` have their method name in bold."""
+    ids = None if marked is None else {id(r) for r in marked}
     parts = []
     for title, group in _grouped(rows).items():
         headers = [LATEX_HEADERS.get(h, h) for _, h in TABLE_COLUMNS]
@@ -103,14 +123,20 @@ def latex_tables(rows: Iterable[dict[str, Any]]) -> str:
             "\\midrule",
         ]
         for row in group:
-            cells = " & ".join(_cell(c, row[c]).replace("–", "--") for c, _ in TABLE_COLUMNS)
-            lines.append(f"{_latex_escape(_method_label(row, group))} & {cells} \\\\")
+            cells = " & ".join(
+                _cell(c, row.get(c)).replace("–", "--") for c, _ in TABLE_COLUMNS
+            )
+            label = _latex_escape(_method_label(row, group))
+            if _marked(row, ids):
+                label = f"\\textbf{{{label}}}"
+            lines.append(f"{label} & {cells} \\\\")
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
 def _latex_escape(text: str) -> str:
-    for char, repl in (("&", r"\&"), ("_", r"\_"), ("%", r"\%"), ("#", r"\#"), ("λ", r"$\lambda$")):
+    for char, repl in (("&", r"\&"), ("_", r"\_"), ("%", r"\%"), ("#", r"\#"),
+                       ("λ", r"$\lambda$"), ("∞", r"$\infty$")):
         text = text.replace(char, repl)
     return text.replace("·", r"$\cdot$")

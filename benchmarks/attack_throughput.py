@@ -1,0 +1,391 @@
+"""Attack throughput against the model's own forward+backward ceiling (issue 7).
+
+Run by hand (not in CI), e.g.::
+
+    .venv/bin/python benchmarks/attack_throughput.py --threads 1      # built-in model, batch 64
+    .venv/bin/python benchmarks/attack_throughput.py --threads 1 --model resnet50 \
+        --images 8 --batch-size 8 --max-iter 5           # 224 px, random weights, no download
+    .venv/bin/python benchmarks/attack_throughput.py --threads 1 --scaling
+
+One run measures, on the same images and model:
+
+(a) the ceiling: the model's bare forward + backward with respect to the input (forward on
+    a batch of ``--batch-size`` images that require grad, backward of the summed scores), in
+    image-iterations per second; it is measured again just before and after each attack
+    (column "ceiling": their mean), so that a change of load shows;
+(b) every attack over ``--images`` images with continuous batching (``batch_size`` =
+    ``--batch-size``), counting only the image-iterations it needs: the sum over samples
+    of the iterates evaluated, ``iterations + 1``. It is timed after one warm-up run of
+    the same call: the steady state of a process that attacks batch after batch (oneDNN
+    builds its kernels on a batch size's first use, ~4 ms each for the built-in model).
+    kFool takes k+1 backward passes per iteration; it is counted as one image-iteration
+    per forward and compared with a ceiling of one forward and k+1 backward passes (its
+    efficiency against the plain ceiling is printed below the table);
+(c) the same attack over the same images one image at a time.
+
+The table gives img-iter/s of (b), efficiency (b)/(a), the speedup (b)/(c) and on how many
+images the batched and one-by-one runs agree on success and on the iteration count. The
+column "batch-by-batch" is (b) without continuous batching (chunks of ``--batch-size`` one
+after the other), for comparison. The time of (b) includes everything the call does
+(validation, scoring the clean images, which is not an image-iteration).
+
+``--scaling`` measures instead: the time of one iteration against the number of labels c
+(a linear head with c outputs on the built-in model's features), split into the model's
+forward and backward (the ceiling), the loss and success measure (TkMIA's loss with its
+gradient w.r.t. the scores, and the top-k success count) and the rest of the engine; and
+throughput against the batch size. An attack iteration is timed as the median interval
+between consecutive forward passes of a TkMIA run whose learning rate is so small that no
+sample ever succeeds (so every sample runs every iteration).
+
+Other processes loading the CPU make the numbers noisy; the load average is printed, and
+``--threads 1`` avoids the collapse of oversubscribed threads on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
+from tkmia.attacks.base import Attack
+from tkmia.losses import tkmia_loss
+from tkmia.metrics import topk_mask
+
+METHODS = ("tkmia", "tkmlapu", "mlcwu", "kfool")
+
+
+def make_attack(name: str, model: nn.Module, args: argparse.Namespace, **over) -> Attack:
+    opts = {"lr": args.lr, "lam": args.lam, "max_iter": args.max_iter} | over
+    if name == "tkmia":
+        return TkMIA(model, args.k, **opts)
+    if name == "tkmlapu":
+        return TkMLAPU(model, args.k, **opts)
+    if name == "mlcwu":
+        return MLCWU(model, args.k, **opts)
+    if name == "kfool":
+        return KFool(model, args.k, max_iter=opts["max_iter"])
+    raise SystemExit(f"unknown method {name!r}; choose from {METHODS}")
+
+
+# ----------------------------------------------------------------------- problems
+def builtin_problem(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, ...]:
+    from tkmia.data import Digits
+    from tkmia.models import builtin_model
+    from tkmia.protocol import select_random
+
+    model = builtin_model(args.device)
+    data = Digits("val")
+    x = data.images.float().div(255)
+    if args.image_size != x.shape[-1]:
+        x = nn.functional.interpolate(x, size=args.image_size, mode="bilinear").clamp(0, 1)
+    x = x.to(args.device)
+    y = data.labels.to(args.device)
+    with torch.no_grad():
+        clean = torch.cat([model(x[i : i + 250]) for i in range(0, len(x), 250)])
+    spec, ok = select_random(y, clean, args.n, args.k, args.seed, range(len(x)))
+    idx = torch.nonzero(ok).flatten()[: args.images]
+    if len(idx) < args.images:
+        raise SystemExit(f"only {len(idx)} eligible images in the val split")
+    return model, x[idx], y[idx], spec[idx].float()
+
+
+def random_problem(model: nn.Module, b: int, size: int, args) -> tuple[torch.Tensor, ...]:
+    """Random images; Y = clean top-(k+2), S = n labels of the clean top-k."""
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.rand(b, 3, size, size, generator=g).to(args.device)
+    with torch.no_grad():
+        clean = torch.cat([model(x[i : i + 16]) for i in range(0, b, 16)])
+    order = clean.argsort(dim=1, descending=True).cpu()
+    y = torch.zeros(clean.shape)
+    y.scatter_(1, order[:, : args.k + 2], 1)
+    s = torch.zeros(clean.shape)
+    for i in range(b):
+        s[i, order[i, torch.randperm(args.k, generator=g)[: args.n]]] = 1
+    return x, y.to(args.device), s.to(args.device)
+
+
+def resnet_model(arch: str, classes: int, device: str) -> nn.Module:
+    from tkmia.models import IMAGENET_MEAN, IMAGENET_STD, Normalized, build_net
+
+    torch.manual_seed(0)
+    return Normalized(build_net(arch, classes), IMAGENET_MEAN, IMAGENET_STD).to(device).eval()
+
+
+def head_model(c: int, device: str) -> nn.Module:
+    """The built-in model's features with a fresh linear head of ``c`` outputs."""
+    from tkmia.models import builtin_model
+
+    model = builtin_model(device)
+    torch.manual_seed(c)
+    last = model.net[-1]
+    model.net[-1] = nn.Linear(last.in_features, c).to(device)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------ timing
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def ceiling(model: nn.Module, x: torch.Tensor, reps: int, backwards: int = 1) -> float:
+    """Seconds per forward + ``backwards`` backward passes w.r.t. the input on batch ``x``."""
+
+    def once() -> None:
+        xx = x.detach().requires_grad_(True)
+        out = model(xx).sum()
+        for j in range(backwards):
+            torch.autograd.grad(out, xx, retain_graph=j < backwards - 1)
+
+    for _ in range(2):
+        once()
+    times = []
+    for _ in range(reps):
+        times.append(timed(once, str(x.device))[0])
+    return sorted(times)[len(times) // 2]  # the median: robust to other processes' load
+
+
+def attack_rate(atk: Attack, x, y, s, device: str, **kw) -> tuple[float, int, float, object]:
+    secs, res = timed(lambda: atk(x, y, s, **kw), device)
+    work = int((res.iterations + 1).sum())
+    return work / secs, work, secs, res
+
+
+def one_by_one(atk: Attack, x, y, s, device: str) -> tuple[float, torch.Tensor, torch.Tensor]:
+    ok, its = [], []
+
+    def run() -> None:
+        for i in range(x.shape[0]):
+            r = atk(x[i : i + 1], y[i : i + 1], s[i : i + 1])
+            ok.append(r.success)
+            its.append(r.iterations)
+
+    secs, _ = timed(run, device)
+    its_t = torch.cat(its)
+    return int((its_t + 1).sum()) / secs, torch.cat(ok), its_t
+
+
+# ------------------------------------------------------------------------- modes
+def throughput(args: argparse.Namespace) -> None:
+    if args.model == "builtin":
+        model, x, y, s = builtin_problem(args)
+    else:
+        model = resnet_model(args.model, args.classes, args.device)
+        x, y, s = random_problem(model, args.images, args.image_size, args)
+    bs, dev = args.batch_size, args.device
+    batch = x.repeat(-(-bs // x.shape[0]), 1, 1, 1)[:bs]  # bs images, repeated if too few
+    ceil_t = ceiling(model, batch, args.reps)
+    ceil1 = 1 / ceiling(model, x[:1], args.reps)
+    print(
+        f"model {args.model}, images {tuple(x.shape)}, c = {y.shape[1]}, k = {args.k}, "
+        f"|S| = {args.n}, batch {bs}, lr {args.lr}, lam {args.lam}, max_iter {args.max_iter}"
+    )
+    print(
+        f"(a) ceiling, fwd+bwd w.r.t. the input: {bs / ceil_t:.1f} img-iter/s at batch {bs} "
+        f"({1e3 * ceil_t:.1f} ms/iteration), {ceil1:.1f} img-iter/s at batch 1; measured again "
+        "around every attack (column 'ceiling')"
+    )
+    single = x.shape[0] if args.single_images is None else args.single_images
+    head = (
+        f"{'method':8s} {'img-iter':>8s} {'succ':>5s} {'mean it':>7s} {'ceiling':>8s} "
+        f"{'img-iter/s':>10s} {'effic.':>6s} {'batch-by-batch':>14s} {'1-by-1 /s':>9s} "
+        f"{'speedup':>7s}  same flags, same iterations (batched vs 1-by-1)"
+    )
+    print(head)
+    print("-" * len(head))
+    notes = []
+    for name in args.methods:
+        atk = make_attack(name, model, args)
+        # warm-up: one full run, so that the timed run finds every batch size's kernels
+        # ready (oneDNN builds them on a shape's first use, ~4 ms each for the builtin model)
+        if args.model == "builtin":
+            atk(x, y, s, batch_size=bs, sync_every=args.sync_every)
+        atk(x[:1], y[:1], s[:1])  # (a ResNet's few images are one batch: no new shapes)
+        passes = args.k + 1 if name == "kfool" else 1
+        before = ceiling(model, batch, args.reps, backwards=passes)
+        rate, work, secs, res = attack_rate(
+            atk, x, y, s, dev, batch_size=bs, sync_every=args.sync_every
+        )
+        after = ceiling(model, batch, args.reps, backwards=passes)
+        ceil = 2 * bs / (before + after)
+        chunks = [(x[i : i + bs], y[i : i + bs], s[i : i + bs]) for i in range(0, len(x), bs)]
+        chunk_secs, _ = timed(lambda atk=atk, chunks=chunks: [atk(*c) for c in chunks], dev)
+        rate1, ok1, its1 = one_by_one(atk, x[:single], y[:single], s[:single], dev)
+        same_ok = int((ok1 == res.success[:single].cpu()).sum())
+        same_it = int((its1 == res.iterations[:single].cpu()).sum())
+        if name == "kfool":
+            ceil_fb = 2 * bs / (ceiling(model, batch, args.reps) * 2)
+            notes.append(
+                f"kfool: its ceiling is one forward and {passes} backward passes; against the "
+                f"plain fwd+bwd ceiling ({ceil_fb:.1f} img-iter/s) its efficiency is "
+                f"{rate / ceil_fb:.2f}"
+            )
+        print(
+            f"{name:8s} {work:8d} {float(res.success.float().mean()):5.2f} "
+            f"{float(res.iterations.float().mean()):7.2f} {ceil:8.1f} {rate:10.1f} "
+            f"{rate / ceil:6.2f} {work / chunk_secs:14.1f} {rate1:9.1f} {rate / rate1:6.2f}x  "
+            f"{same_ok}/{single} {same_it}/{single}"
+        )
+    for note in notes:
+        print(note)
+
+
+class Stamped(nn.Module):
+    """The model, recording the time at which every forward pass starts."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.starts: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.starts.append(time.perf_counter())
+        return self.model(x)
+
+
+def per_iteration(model: nn.Module, x, y, s, k: int, iters: int = 25) -> float:
+    """Seconds per attack iteration: the median interval between consecutive forward
+    passes of TkMIA with a learning rate so small that no sample ever succeeds."""
+    stamped = Stamped(model)
+    atk = TkMIA(stamped, k, lr=1e-12, lam=0.0, max_iter=iters)
+    atk(x, y, s)  # warm-up
+    stamped.starts.clear()
+    atk(x, y, s)
+    starts = stamped.starts[1:]  # the first forward scores the clean images
+    gaps = sorted(b - a for a, b in zip(starts, starts[1:], strict=False))
+    return gaps[len(gaps) // 2]
+
+
+def loss_and_measure(scores: torch.Tensor, y, s, k: int, reps: int) -> float:
+    """Seconds for the success check and the TkMIA loss with its gradient (per iteration)."""
+    spec = s.bool()
+    lab = y.bool()
+    max_left = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+
+    def once() -> None:
+        f = scores.detach().requires_grad_(True)
+        ok = (topk_mask(f.detach(), k) & spec).sum(dim=1) <= max_left
+        loss = tkmia_loss(f, lab, spec, k).sum()
+        torch.autograd.grad(loss, f)
+        return ok
+
+    for _ in range(10):
+        once()
+    secs, _ = timed(lambda: [once() for _ in range(reps)], str(scores.device))
+    return secs / reps
+
+
+def scaling(args: argparse.Namespace) -> None:
+    dev, bs, k = args.device, args.batch_size, args.k
+    print(
+        f"per-iteration cost vs number of labels c (built-in features + linear head, "
+        f"batch {bs}, TkMIA, k = {k}); medians, model and attack measured alternately"
+    )
+    head = (
+        f"{'c':>5s} {'model fwd+bwd ms':>16s} {'loss+measure ms':>15s} {'engine rest ms':>14s} "
+        f"{'attack ms/it':>12s} {'efficiency':>10s} {'loss share':>10s} {'rest share':>10s}"
+    )
+    print(head)
+    print("-" * len(head))
+    for c in args.classes_list:
+        model = head_model(c, dev)
+        x, y, s = random_problem(model, bs, 48, args)
+        with torch.no_grad():
+            scores = model(x)
+        model_ts, it_ts = [], []
+        for _ in range(3):
+            model_ts.append(ceiling(model, x, args.reps))
+            it_ts.append(per_iteration(model, x, y, s, k))
+        model_t, it_t = sorted(model_ts)[1], sorted(it_ts)[1]
+        lm_t = loss_and_measure(scores, y, s, k, 300)
+        rest = it_t - model_t - lm_t
+        print(
+            f"{c:5d} {1e3 * model_t:16.2f} {1e3 * lm_t:15.3f} {1e3 * rest:14.2f} "
+            f"{1e3 * it_t:12.2f} {model_t / it_t:10.2f} {lm_t / it_t:10.3f} {rest / it_t:10.3f}"
+        )
+    print()
+    print("throughput vs batch size (built-in model, TkMIA, every sample runs every iteration)")
+    head = f"{'batch':>5s} {'ceiling img-iter/s':>18s} {'attack img-iter/s':>17s} {'effic.':>6s}"
+    print(head)
+    print("-" * len(head))
+    from tkmia.models import builtin_model
+
+    model = builtin_model(dev)
+    for b in args.batch_list:
+        x, y, s = random_problem(model, b, 48, args)
+        model_ts, it_ts = [], []
+        for _ in range(3):
+            model_ts.append(ceiling(model, x, args.reps))
+            it_ts.append(per_iteration(model, x, y, s, k))
+        model_t, it_t = sorted(model_ts)[1], sorted(it_ts)[1]
+        print(f"{b:5d} {b / model_t:18.1f} {b / it_t:17.1f} {model_t / it_t:6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin", choices=["builtin", "resnet50", "resnet101"])
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="default: 48 (builtin), 224 (resnets)"
+    )
+    parser.add_argument("--classes", type=int, default=20, help="labels of a ResNet's head")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images to attack (default: 256 builtin, 8 resnets)",
+    )
+    parser.add_argument(
+        "--single-images",
+        type=int,
+        default=None,
+        help="images for the one-by-one run (default: all)",
+    )
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--n", type=int, default=1, help="specified labels per image")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lam", type=float, default=1e-3)
+    parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument("--sync-every", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--reps", type=int, default=None, help="ceiling repetitions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--classes-list", default="20,100,300,1000")
+    parser.add_argument("--batch-list", default="1,4,16,64,128")
+    args = parser.parse_args()
+    resnet = args.model != "builtin"
+    args.image_size = args.image_size or (224 if resnet else 48)
+    args.images = args.images or (8 if resnet else 256)
+    args.reps = args.reps or (3 if resnet else 20)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.classes_list = [int(c) for c in args.classes_list.split(",")]
+    args.batch_list = [int(c) for c in args.batch_list.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    t = time.perf_counter()
+    scaling(args) if args.scaling else throughput(args)
+    print(f"done in {time.perf_counter() - t:.0f} s, load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

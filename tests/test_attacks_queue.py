@@ -1,0 +1,167 @@
+"""Continuous batching (``batch_size``) and deferred completion checks (``sync_every``).
+
+Both are engine scheduling choices: the result of every sample must be the one of a plain
+call with the whole batch (SPEC §4.1: first successful iterate, same iteration counts).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
+from tkmia.attacks.base import Attack
+from tkmia.errors import InputError
+
+from _toys import make_cnn, make_problem
+
+K = 3
+B = 16
+NAMES = ["tkmia", "tkmlapu", "mlcwu", "kfool"]
+
+
+def _attack(name: str, model: nn.Module, max_iter: int = 15) -> Attack:
+    """Step sizes that suit the random toy CNN (as in test_attacks.py)."""
+    return {
+        "tkmia": lambda: TkMIA(model, K, lr=5.0, lam=1e-3, max_iter=max_iter),
+        "tkmlapu": lambda: TkMLAPU(model, K, lr=50.0, lam=1e-5, max_iter=max_iter),
+        "mlcwu": lambda: MLCWU(model, K, lr=50.0, lam=1e-5, max_iter=max_iter),
+        "kfool": lambda: KFool(model, K, max_iter=min(max_iter, 10)),
+    }[name]()
+
+
+def _dtype(name: str) -> torch.dtype:
+    # kFool's huge steps on the random toy model amplify last-bit differences between
+    # batch sizes (see test_batched_equals_one_by_one): compare it in float64.
+    return torch.float64 if name == "kfool" else torch.float32
+
+
+def _problem(name: str):
+    model = make_cnn(dtype=_dtype(name))
+    x, y, s = make_problem(model, B, K, n_relevant=4, n_specified=2, dtype=_dtype(name))
+    return model, x, y, s
+
+
+def _assert_same(a, b) -> None:
+    assert torch.equal(a.success, b.success)
+    assert torch.equal(a.iterations, b.iterations)
+    assert torch.equal(a.required, b.required)
+    torch.testing.assert_close(a.adv_images, b.adv_images, atol=1e-4, rtol=0)
+    torch.testing.assert_close(a.adv_scores, b.adv_scores, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.clean_scores, b.clean_scores, atol=1e-5, rtol=1e-5)
+
+
+class CountingModel(nn.Module):
+    """Records the batch size of every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("batch_size", [1, 5, 16, 40])
+def test_queue_equals_whole_batch(name: str, batch_size: int) -> None:
+    model, x, y, s = _problem(name)
+    atk = _attack(name, model)
+    whole = atk(x, y, s, threshold=1)
+    assert 0 < int(whole.success.sum()) < B  # some succeed at various iterations, some fail
+    _assert_same(atk(x, y, s, threshold=1, batch_size=batch_size), whole)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("batch_size", "sync_every"), [(None, 3), (6, 4), (5, 16)])
+def test_deferred_checks_equal_whole_batch(name, batch_size, sync_every) -> None:
+    """sync_every > 1: finished samples stay in the batch (frozen) until the next check."""
+    model, x, y, s = _problem(name)
+    atk = _attack(name, model)
+    whole = atk(x, y, s, threshold=1)
+    deferred = atk(x, y, s, threshold=1, batch_size=batch_size, sync_every=sync_every)
+    _assert_same(deferred, whole)
+
+
+@pytest.mark.parametrize("name", ["tkmia", "kfool"])
+def test_flags_read_after_the_update_equal_whole_batch(name, monkeypatch) -> None:
+    """The CUDA ordering (flags waited for after the update step), exercised on the CPU."""
+    model, x, y, s = _problem(name)
+    atk = _attack(name, model)
+    whole = atk(x, y, s, threshold=1)
+    monkeypatch.setattr(Attack, "_flags_reader", lambda self, flags: lambda: flags.cpu())
+    for batch_size, sync_every in [(None, 1), (5, 1), (5, 3)]:
+        res = atk(x, y, s, threshold=1, batch_size=batch_size, sync_every=sync_every)
+        _assert_same(res, whole)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_continuous_batching_keeps_the_batch_full(name: str) -> None:
+    """The working set never exceeds batch_size, stays full while samples are queued, and
+    nothing is computed for a finished sample (sync_every = 1)."""
+    model, x, y, s = _problem(name)
+    counting = CountingModel(model)
+    atk = _attack(name, counting)
+    bs = 5
+    counting.sizes.clear()
+    res = atk(x, y, s, threshold=1, batch_size=bs)
+    n_chunks = -(-B // bs)
+    assert counting.sizes[:n_chunks] == [5, 5, 5, 1]  # the clean images, in chunks
+    sizes = counting.sizes[n_chunks:]
+    assert max(sizes) == bs
+    assert sizes == sorted(sizes, reverse=True)
+    assert sum(sizes) == int((res.iterations + 1).sum())
+    # the batch only shrinks once every sample has been started: the last sample to start
+    # (index B - 1) is admitted when a slot frees up, at the latest while the batch is full
+    full = sum(1 for n in sizes if n == bs)
+    assert full >= len(sizes) - int(res.iterations.max()) - 1
+    # fewer model calls than processing the batches one after another
+    batch_by_batch = sum(int(res.iterations[i : i + bs].max()) + 1 for i in range(0, B, bs))
+    assert len(sizes) <= batch_by_batch
+
+
+@pytest.mark.parametrize("name", ["tkmia", "kfool"])
+def test_deferred_checks_bound_the_extra_work(name: str) -> None:
+    model, x, y, s = _problem(name)
+    counting = CountingModel(model)
+    atk = _attack(name, counting)
+    counting.sizes.clear()
+    res = atk(x, y, s, threshold=1, sync_every=4)
+    evaluated = sum(counting.sizes[1:])
+    needed = int((res.iterations + 1).sum())
+    assert needed <= evaluated <= needed + 3 * B
+
+
+def test_queue_handles_more_images_than_one_call_would_fit() -> None:
+    """Unequal batch_size / B splits and a batch_size of 1 give the same results."""
+    model = make_cnn()
+    x, y, s = make_problem(model, 23, K, n_relevant=4, n_specified=1)
+    atk = TkMIA(model, K, lr=5.0, lam=1e-3, max_iter=40)
+    whole = atk(x, y, s)
+    for bs in (1, 7, 22):
+        _assert_same(atk(x, y, s, batch_size=bs), whole)
+
+
+def test_empty_batch() -> None:
+    model = make_cnn()
+    x, y, s = make_problem(model, 4, K)
+    res = TkMIA(model, K, lr=5.0, lam=1e-3, max_iter=5)(x[:0], y[:0], s[:0], batch_size=2)
+    assert res.adv_images.shape == (0, 3, 16, 16) and res.success.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size must be an integer"),
+        ({"batch_size": 2.0}, "batch_size must be an integer"),
+        ({"sync_every": 0}, "sync_every must be an integer"),
+    ],
+)
+def test_bad_scheduling_arguments(kwargs, match) -> None:
+    model = make_cnn()
+    x, y, s = make_problem(model, 4, K)
+    with pytest.raises(InputError, match=match):
+        TkMIA(model, K, lr=1.0, lam=0.0, max_iter=2)(x, y, s, **kwargs)

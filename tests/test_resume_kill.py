@@ -1,0 +1,150 @@
+"""Killing `tkmia run` at any moment and rerunning it gives the uninterrupted table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tkmia.experiments.records import read_all_records, read_records, record_files
+from tkmia.experiments.runner import TIMING_COLUMNS, RunConfig, run
+from tkmia.experiments.settings import MethodConfig, Setting
+
+from _toys import make_cnn
+
+ARGS = [
+    "--samples", "8", "--methods", "tkmia,kfool", "--max-iter", "30", "--k", "2", "--n", "1",
+    "--groups", "sevens", "--batch-size", "2", "--seed", "3", "--no-progress",
+]  # fmt: skip
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "tkmia", "run", *ARGS, "--out", str(out)]
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _table(path: Path) -> list[list[str]]:
+    """summary.csv without its timing columns."""
+    lines = [line.split(",") for line in path.read_text().splitlines()]
+    keep = [i for i, name in enumerate(lines[0]) if name not in TIMING_COLUMNS]
+    return [[cells[i] for i in keep] for cells in lines]
+
+
+def _lines(out: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in out.glob("records/*/*.jsonl"))
+
+
+def _run_and_kill(out: Path, when) -> bool:
+    """Start the run, SIGKILL it as soon as ``when(out)`` holds; True if it was killed."""
+    proc = subprocess.Popen(
+        _command(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if when(out):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.002)
+        assert proc.poll() == 0, proc.stderr.read().decode()
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def _check_consistent(out: Path) -> None:
+    """JSON files are whole, and no image has two records."""
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text())
+    for sdir in out.glob("records/*"):
+        for mfile in sdir.glob("*-it*.json"):
+            raw = [r["index"] for p in record_files(sdir, mfile.stem) for r in read_records(p)]
+            assert len(raw) == len(set(raw)), mfile
+
+
+def test_sigkill_at_several_moments_then_resume_gives_the_same_table(tmp_path) -> None:
+    reference = tmp_path / "ref"
+    subprocess.run(_command(reference), env=_env(), check=True, stdout=subprocess.DEVNULL)
+    out = tmp_path / "killed"
+    moments = [
+        lambda d: any(p.stat().st_size for p in d.glob("records/*/*.jsonl")),  # first record
+        lambda d: _lines(d) >= 13,  # in the middle of the second setting
+        lambda d: (d / "summary.csv").is_file(),  # while the tables and figures are drawn
+    ]
+    killed = 0
+    for when in moments:
+        killed += _run_and_kill(out, when)
+        _check_consistent(out)
+    assert killed >= 2  # the run is slow enough for the kills to land before it ends
+    subprocess.run(_command(out), env=_env(), check=True, stdout=subprocess.DEVNULL)
+    _check_consistent(out)
+    assert _table(out / "summary.csv") == _table(reference / "summary.csv")
+    assert (out / "summary.md").is_file() and (out / "figures").is_dir()
+    assert not list(out.rglob("*.tmp*"))
+    n = 2 * 2 * 8  # settings x methods x samples: every image attacked exactly once
+    assert _lines(out) == n
+
+
+class _Toy(torch.utils.data.Dataset):
+    def __init__(self, model, n: int = 24) -> None:
+        g = torch.Generator().manual_seed(2)
+        self.images = torch.rand(n, 3, 16, 16, generator=g)
+        with torch.no_grad():
+            top = model(self.images).topk(5, dim=1).indices
+        self.labels = torch.zeros(n, 10).scatter_(1, top, 1)
+        self.classes = [f"l{i}" for i in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
+def test_a_partly_written_batch_is_attacked_again_as_a_whole(tmp_path) -> None:
+    model = make_cnn()
+    data = _Toy(model)
+    config = RunConfig(
+        "toy", "cnn", [Setting("random", 3, n=1)],
+        [MethodConfig("tkmia", max_iter=15, lr=5.0, lam=1e-3)],
+        samples=10, seed=0, batch_size=4,
+    )  # fmt: skip
+    ref = run(config, model, data, tmp_path / "ref", progress=False)
+    out = tmp_path / "out"
+    run(config, model, data, out, progress=False)
+    path = out / "records" / "random-k3-n1-t1" / "tkmia-lr5-lam0.001-it15.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    # what a SIGKILL inside a write can leave: the second batch (positions 4..7) half
+    # written, its last line torn, the third batch missing
+    path.write_text("".join(lines[:6]) + lines[6][:25])
+    rows = run(config, model, data, out, progress=False)
+    records = read_records(path)
+    assert [r["index"] for r in records] == [r["index"] for r in read_all_records(
+        path.parent, "tkmia-lr5-lam0.001-it15")]
+    assert len(records) == 10 and len({r["index"] for r in records}) == 10
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rs]
+
+    assert strip(rows) == strip(ref)
+    # the redone batch gives bit-identical records (same batch, same company)
+    ref_recs = read_records(tmp_path / "ref" / path.relative_to(out))
+    by_index = {r["index"]: r for r in ref_recs}
+    for rec in records:
+        want = dict(by_index[rec["index"]])
+        assert {k: v for k, v in rec.items() if k != "seconds"} == {
+            k: v for k, v in want.items() if k != "seconds"
+        }
