@@ -2,19 +2,21 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# --no-compile: byte-compiling torch's thousands of modules at install time costs minutes
+# on a 2-core machine; Python compiles what it imports on first use instead.
+PIP_FLAGS ?= --no-compile --quiet
 
 .PHONY: run test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e .
+	$(BIN)/pip install $(PIP_FLAGS) -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

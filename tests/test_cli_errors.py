@@ -96,6 +96,7 @@ CASES = [
     ("samples-zero", ["run", "--samples", "0"], "--samples must be a positive integer, got 0"),
     ("samples-negative", ["run", "--samples", "-3"], "got -3"),
     ("batch-size-zero", ["run", "--batch-size", "0"], "--batch-size"),
+    ("chunk-size-zero", ["run", "--chunk-size", "0"], "--chunk-size must be a positive integer"),
     ("seed-negative", ["run", "--seed", "-7"], "got -7"),
     ("examples-negative", ["run", "--examples", "-4"], "got -4"),
     ("unknown-device", ["run", "--device", "quantum"], "'quantum'"),

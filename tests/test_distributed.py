@@ -13,11 +13,12 @@ import pytest
 from tkmia.errors import InputError
 from tkmia.experiments.distributed import DistInfo, info_from_env
 from tkmia.experiments.records import read_all_records, read_records
-from tkmia.experiments.runner import TIMING_COLUMNS, batches
+from tkmia.experiments.runner import TIMING_COLUMNS, chunks
 
 ARGS = [
     "--samples", "6", "--methods", "tkmia,kfool", "--max-iter", "5", "--k", "2",
-    "--n-labels", "1", "--groups", "sevens", "--batch-size", "2", "--no-progress",
+    "--n-labels", "1", "--groups", "sevens", "--batch-size", "1", "--chunk-size", "2",
+    "--no-progress",
 ]  # fmt: skip
 
 
@@ -92,8 +93,8 @@ def test_rank_bookkeeping(monkeypatch) -> None:
     monkeypatch.setenv("RANK", "3")
     with pytest.raises(InputError):
         info_from_env()
-    # every batch of the selected list goes to exactly one rank
-    chunks = batches(11, 3)
-    assert [list(c) for c in chunks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
-    owners = [[r for r in range(3) if DistInfo(r, 3).owns(b)] for b in range(len(chunks))]
+    # every chunk of the selected list goes to exactly one rank
+    parts = chunks(11, 3)
+    assert [list(c) for c in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    owners = [[r for r in range(3) if DistInfo(r, 3).owns(b)] for b in range(len(parts))]
     assert owners == [[0], [1], [2], [0]]

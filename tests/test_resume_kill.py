@@ -20,7 +20,8 @@ from _toys import make_cnn
 
 ARGS = [
     "--samples", "8", "--methods", "tkmia,kfool", "--max-iter", "30", "--k", "2", "--n", "1",
-    "--groups", "sevens", "--batch-size", "2", "--seed", "3", "--no-progress",
+    "--groups", "sevens", "--batch-size", "1", "--chunk-size", "2", "--seed", "3",
+    "--no-progress",
 ]  # fmt: skip
 
 
@@ -114,21 +115,21 @@ class _Toy(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
-def test_a_partly_written_batch_is_attacked_again_as_a_whole(tmp_path) -> None:
+def test_a_partly_written_chunk_is_attacked_again_as_a_whole(tmp_path) -> None:
     model = make_cnn()
     data = _Toy(model)
     config = RunConfig(
         "toy", "cnn", [Setting("random", 3, n=1)],
         [MethodConfig("tkmia", max_iter=15, lr=5.0, lam=1e-3)],
-        samples=10, seed=0, batch_size=4,
+        samples=10, seed=0, batch_size=2, chunk_size=4,
     )  # fmt: skip
     ref = run(config, model, data, tmp_path / "ref", progress=False)
     out = tmp_path / "out"
     run(config, model, data, out, progress=False)
     path = out / "records" / "random-k3-n1-t1" / "tkmia-lr5-lam0.001-it15.jsonl"
     lines = path.read_text().splitlines(keepends=True)
-    # what a SIGKILL inside a write can leave: the second batch (positions 4..7) half
-    # written, its last line torn, the third batch missing
+    # what a SIGKILL inside a write can leave: the second chunk (positions 4..7) half
+    # written, its last line torn, the third chunk missing
     path.write_text("".join(lines[:6]) + lines[6][:25])
     rows = run(config, model, data, out, progress=False)
     records = read_records(path)
@@ -140,7 +141,7 @@ def test_a_partly_written_batch_is_attacked_again_as_a_whole(tmp_path) -> None:
         return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rs]
 
     assert strip(rows) == strip(ref)
-    # the redone batch gives bit-identical records (same batch, same company)
+    # the redone chunk gives bit-identical records (same chunk, same company)
     ref_recs = read_records(tmp_path / "ref" / path.relative_to(out))
     by_index = {r["index"]: r for r in ref_recs}
     for rec in records:

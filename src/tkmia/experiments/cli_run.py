@@ -25,8 +25,8 @@ from tkmia.protocol import check_scheme
 #: keys accepted in a --config TOML file (the flags' names with '_' for '-').
 CONFIG_KEYS = {
     "dataset", "root", "csv", "split", "image_size", "model", "methods", "scheme", "k",
-    "groups", "n", "threshold", "samples", "lr", "lam", "max_iter", "batch_size", "device",
-    "seed", "examples", "out", "select_tol", "select_scope", "skip_bad_images",
+    "groups", "n", "threshold", "samples", "lr", "lam", "max_iter", "batch_size", "chunk_size",
+    "device", "seed", "examples", "out", "select_tol", "select_scope", "skip_bad_images",
 }  # fmt: skip
 LIST_KEYS = {"methods", "k", "groups", "n", "threshold", "lr", "lam", "max_iter"}
 _PATH_KEYS = {"root", "csv", "model", "out"}
@@ -46,8 +46,8 @@ _CONFIG_TYPES = {
         "dataset", "root", "csv", "split", "model", "methods", "scheme", "groups", "device",
         "out")},
     **{key: ("an integer", _is_int) for key in (
-        "image_size", "k", "n", "threshold", "samples", "max_iter", "batch_size", "seed",
-        "examples")},
+        "image_size", "k", "n", "threshold", "samples", "max_iter", "batch_size", "chunk_size",
+        "seed", "examples")},
     **{key: ("a number", _is_number) for key in ("lr", "lam", "select_tol")},
     "select_scope": ("a string", lambda v: isinstance(v, str)),
     "skip_bad_images": ("true or false", lambda v: isinstance(v, bool)),
@@ -223,7 +223,8 @@ def run_command(args: argparse.Namespace) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {seed!r}")
     samples = _positive_int(opts, "samples", DEFAULT_SAMPLES.get(dataset_name, FALLBACK_SAMPLES))
-    batch_size = _positive_int(opts, "batch_size", 100)
+    batch_size = _positive_int(opts, "batch_size", 64)
+    chunk_size = _positive_int(opts, "chunk_size", 4 * batch_size)
     examples = opts.get("examples", 3)
     if not _is_int(examples) or examples < 0:
         raise InputError(f"--examples must be a non-negative integer, got {examples!r}")
@@ -274,6 +275,7 @@ def run_command(args: argparse.Namespace) -> int:
         samples=samples,
         seed=seed,
         batch_size=batch_size,
+        chunk_size=chunk_size,
         examples=examples,
         extra={"split": split, "classes": classes},
     )

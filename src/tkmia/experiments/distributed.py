@@ -7,9 +7,9 @@ the environment variables ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set. When
 
 1. scores the clean images and selects what to attack itself (deterministic, so every
    rank selects the same images: nothing needs to be exchanged);
-2. attacks its share: the selected list of each setting is cut into batches of
-   ``--batch-size`` exactly as a single process cuts it, and batch ``b`` goes to rank
-   ``b mod WORLD_SIZE``; every batch thus holds the same images as in a single-process
+2. attacks its share: the selected list of each setting is cut into chunks of
+   ``--chunk-size`` exactly as a single process cuts it, and chunk ``b`` goes to rank
+   ``b mod WORLD_SIZE``; every chunk thus holds the same images as in a single-process
    run, so the per-image results are the same too;
 3. appends its records to its own file ``records/<setting>/<method>.rank<r>.jsonl``.
 

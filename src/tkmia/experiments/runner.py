@@ -1,14 +1,19 @@
 """Run the paper's protocol: select eligible images, attack them, record, summarise.
 
-Resuming: records are appended batch by batch (see :mod:`tkmia.experiments.records`); a
-rerun of the same configuration attacks only the batches that have no records yet, so a
-record is never duplicated and an interrupted run ends with the table of an uninterrupted
-one. The selected list of each setting is always cut into the same batches (positions
-``[0, b)``, ``[b, 2b)``, ... for ``--batch-size b``); a batch that an interrupted write
-left incomplete is dropped and attacked again as a whole, so every image is attacked in
-the company it would have had without the interruption (bit-identical results on the CPU).
+Batching: the selected list of each setting is cut into fixed *chunks* (positions
+``[0, m)``, ``[m, 2m)``, ... for ``--chunk-size m``, by default four batches). One attack
+call takes a whole chunk with a working set of ``--batch-size`` images: a sample that
+finishes leaves the working set at once and the next image of the chunk takes its slot
+(continuous batching), so the batch stays full until the chunk's queue runs dry.
 
-Sharding: with ``torchrun`` each rank attacks every ``WORLD_SIZE``-th batch (see
+Resuming: records are appended chunk by chunk (see :mod:`tkmia.experiments.records`); a
+rerun of the same configuration attacks only the chunks that have no records yet, so a
+record is never duplicated and an interrupted run ends with the table of an uninterrupted
+one. A chunk that an interrupted write left incomplete is dropped and attacked again as a
+whole, so every image is attacked in the company it would have had without the
+interruption (bit-identical results on the CPU).
+
+Sharding: with ``torchrun`` each rank attacks every ``WORLD_SIZE``-th chunk (see
 :mod:`tkmia.experiments.distributed`).
 """
 
@@ -174,9 +179,9 @@ def select(
     return chosen, specified, skipped
 
 
-def batches(n: int, batch_size: int) -> list[range]:
-    """The fixed batches of a selected list of ``n`` images: positions ``[s, s + b)``."""
-    return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+def chunks(n: int, chunk_size: int) -> list[range]:
+    """The fixed chunks of a selected list of ``n`` images: positions ``[s, s + m)``."""
+    return [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
 @dataclass
@@ -192,6 +197,12 @@ class RunConfig:
     batch_size: int
     examples: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
+    chunk_size: int | None = None
+
+    @property
+    def chunk(self) -> int:
+        """Images per chunk, the unit of records and resuming (default: 4 batches)."""
+        return self.chunk_size or 4 * self.batch_size
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -201,6 +212,7 @@ class RunConfig:
             "methods": [m.key for m in self.methods],
             "samples": self.samples,
             "seed": self.seed,
+            "chunk_size": self.chunk,
         } | self.extra
 
 
@@ -342,10 +354,10 @@ def run(
             )
             for method in config.methods:
                 _write_json(setting_dir / f"{method.key}.json", method.as_dict())
-                _drop_incomplete_batches(setting_dir, method.key, plan.indices, config.batch_size)
+                _drop_incomplete_chunks(setting_dir, method.key, plan.indices, config.chunk)
         _report_bad_images(plans, dataset)
     dist.barrier()
-    # 3. every rank attacks its batches
+    # 3. every rank attacks its chunks
     for plan in plans:
         setting, indices, specified = plan.setting, plan.indices, plan.specified
         setting_dir = out / "records" / setting.key
@@ -353,7 +365,7 @@ def run(
             done = {r["index"] for r in read_all_records(setting_dir, method.key)}
             mine = [
                 [p for p in chunk if indices[p] not in done]
-                for b, chunk in enumerate(batches(len(indices), config.batch_size))
+                for b, chunk in enumerate(chunks(len(indices), config.chunk))
                 if dist.owns(b)
             ]
             mine_total = sum(len(chunk) for chunk in mine)
@@ -376,7 +388,11 @@ def run(
                 labels = torch.stack([lab for _, lab in items]).to(device)
                 t0 = time.perf_counter()
                 result = attack(
-                    images, labels, specified[rows_].to(device), setting.effective_threshold
+                    images,
+                    labels,
+                    specified[rows_].to(device),
+                    setting.effective_threshold,
+                    batch_size=config.batch_size,
                 )
                 seconds = time.perf_counter() - t0
                 ok8 = quantised_success(model, result, setting.k, normalize)
@@ -403,13 +419,13 @@ def run(
     return rows
 
 
-def _drop_incomplete_batches(
-    setting_dir: Path, method_key: str, indices: list[int], batch_size: int
+def _drop_incomplete_chunks(
+    setting_dir: Path, method_key: str, indices: list[int], chunk_size: int
 ) -> None:
-    """Cut torn tails and drop the records of batches that were only partly written."""
+    """Cut torn tails and drop the records of chunks that were only partly written."""
     done = {r["index"] for r in read_all_records(setting_dir, method_key, repair=True)}
     drop: set[int] = set()
-    for chunk in batches(len(indices), batch_size):
+    for chunk in chunks(len(indices), chunk_size):
         have = [indices[p] for p in chunk if indices[p] in done]
         if 0 < len(have) < len(chunk):
             drop.update(have)
