@@ -72,3 +72,15 @@ def test_shipped_model_reaches_its_recorded_test_map() -> None:
     test_map = mean_average_precision(scores, data.labels)
     assert test_map == pytest.approx(meta["test_map"], abs=1e-4)
     assert 0.85 <= test_map <= 0.95
+
+
+def test_builtin_model_folds_batchnorm_without_changing_its_scores() -> None:
+    from tkmia.models import load_model
+
+    unfolded, _ = load_model(builtin_checkpoint_path(), "cpu")
+    folded = builtin_model()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.modules())
+    images = torch.rand(16, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(folded(images), unfolded(images), atol=1e-4)

@@ -47,11 +47,10 @@ def psnr(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 
-def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+def _gaussian_taps(size: int, sigma: float) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).to(dtype)
+    return g / g.sum()
 
 
 def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
@@ -63,7 +62,8 @@ def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     averaged over positions and channels. This equals scikit-image's
     ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=1, channel_axis=0)``. Images smaller than
-    11 pixels use the largest odd window that fits.
+    11 pixels use the largest odd window that fits. Computed in float64 with the
+    Gaussian applied as two 1-D passes (it is separable).
     """
     if clean.shape != adv.shape or clean.dim() != 4:
         raise InputError(f"ssim takes two (B, C, H, W) tensors, got {tuple(clean.shape)} "
@@ -72,11 +72,13 @@ def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     size = min(SSIM_WINDOW, h, w)
     size -= 1 - size % 2  # odd
     x, y = clean.double(), adv.double()
-    win = _gaussian_window(size, SSIM_SIGMA, x.dtype).to(x.device)
-    win = win.expand(c, 1, size, size).contiguous()
+    taps = _gaussian_taps(size, SSIM_SIGMA).to(x.device)
+    down = taps.view(1, 1, size, 1).expand(c, 1, size, 1).contiguous()
+    across = taps.view(1, 1, 1, size).expand(c, 1, 1, size).contiguous()
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(t, win, groups=c)
+        conv = torch.nn.functional.conv2d
+        return conv(conv(t, down, groups=c), across, groups=c)
 
     mx, my = blur(x), blur(y)
     vx = blur(x * x) - mx * mx

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torchvision
 from torch import nn
 
 from tkmia.errors import InputError
@@ -14,26 +13,24 @@ from tkmia.models.registry import register
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_RESNETS = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "resnet101": torchvision.models.resnet101,
-    "resnet152": torchvision.models.resnet152,
-}
+_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-def _make_builder(factory):
+def _make_builder(name: str):
     def build(num_classes: int) -> nn.Module:
-        net = factory(weights=None)
+        # torchvision is imported on first use: it takes seconds to import, and the
+        # built-in model does not need it
+        import torchvision
+
+        net = getattr(torchvision.models, name)(weights=None)
         net.fc = nn.Linear(net.fc.in_features, num_classes)
         return net
 
     return build
 
 
-for _name, _factory in _RESNETS.items():
-    register(_name)(_make_builder(_factory))
+for _name in _RESNETS:
+    register(_name)(_make_builder(_name))
 
 
 def load_imagenet_weights(net: nn.Module, path: str | Path) -> nn.Module:
