@@ -6,6 +6,19 @@ import torch
 from torch import nn
 
 
+class CountingModel(nn.Module):
+    """Records the batch size of every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
 def make_cnn(c: int = 10, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A small random CNN on (B, 3, 16, 16) images; eval mode."""
     torch.manual_seed(seed)

@@ -12,7 +12,7 @@ from tkmia.errors import InputError
 from tkmia.losses import mlcw_loss, tkmia_loss, tkmlap_loss
 from tkmia.metrics import removed_count, topk_mask
 
-from _toys import make_cnn, make_problem
+from _toys import CountingModel, make_cnn, make_problem
 
 K = 3
 
@@ -25,19 +25,6 @@ def _attacks(model: nn.Module, max_iter: int = 100) -> dict[str, object]:
         "mlcwu": MLCWU(model, K, lr=50.0, lam=1e-5, max_iter=max_iter),
         "kfool": KFool(model, K, max_iter=min(max_iter, 10)),
     }
-
-
-class CountingModel(nn.Module):
-    """Records the batch size of every forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        return self.model(x)
 
 
 @pytest.mark.parametrize(

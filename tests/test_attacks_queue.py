@@ -14,7 +14,7 @@ from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
 from tkmia.attacks.base import Attack
 from tkmia.errors import InputError
 
-from _toys import make_cnn, make_problem
+from _toys import CountingModel, make_cnn, make_problem
 
 K = 3
 B = 16
@@ -50,19 +50,6 @@ def _assert_same(a, b) -> None:
     torch.testing.assert_close(a.adv_images, b.adv_images, atol=1e-4, rtol=0)
     torch.testing.assert_close(a.adv_scores, b.adv_scores, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(a.clean_scores, b.clean_scores, atol=1e-5, rtol=1e-5)
-
-
-class CountingModel(nn.Module):
-    """Records the batch size of every forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        return self.model(x)
 
 
 @pytest.mark.parametrize("name", NAMES)
