@@ -29,7 +29,8 @@ class KFool(Attack):
         boundary is crossed rather than merely reached.
 
     The batch's per-label gradients come from one backward pass per top-(k+1) slot
-    (k+1 passes per iteration), never from a loop over images. An attack on a sample stops
+    (k+1 passes per iteration; k on the CPU when ``m`` is in every sample's top-(k+1),
+    as its own slot contributes nothing), never from a loop over images. An attack on a sample stops
     on success, when no target label is left in the top-k, or at ``max_iter``.
     As in the paper's protocol it attacks all relevant labels (Y);
     ``baseline_targets="specified"`` uses S instead.
@@ -66,12 +67,21 @@ class KFool(Attack):
         anchor = ctx["anchor"]
         f_m = scores.gather(1, anchor)
         slots = topk_indices(scores.detach(), self.k + 1)
+        # m's own slot adds nothing (g_m = 0, d_m = 0): move it last in every row (stable,
+        # so the other slots keep their order); on the CPU, skip that backward pass when
+        # every row has m among its top-(k+1). Elsewhere the check would be a host-device
+        # synchronisation per iteration, so all k+1 passes run (the results are the same).
+        is_m = slots == anchor
+        slots = slots.gather(1, is_m.to(torch.uint8).argsort(dim=1, stable=True))
+        passes = self.k + 1
+        if v.device.type == "cpu" and bool(is_m.any(dim=1).all()):
+            passes = self.k
         w = None
         s = torch.zeros(n, dtype=v.dtype, device=v.device)
-        for j in range(self.k + 1):
+        for j in range(passes):
             p = slots[:, j : j + 1]
             diff = scores.gather(1, p) - f_m
-            (g,) = torch.autograd.grad(diff.sum(), v, retain_graph=j < self.k)
+            (g,) = torch.autograd.grad(diff.sum(), v, retain_graph=j < passes - 1)
             other = (p != anchor).squeeze(1).to(v.dtype)
             norm = g.flatten(1).norm(dim=1).clamp(min=1e-12)
             coef = (other / norm).view(view)
