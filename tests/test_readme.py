@@ -1,0 +1,23 @@
+"""The README's Python example runs as written and says what it claims."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs() -> None:
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "the README has no Python example"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(blocks[0], "README.md", "exec"), {})  # noqa: S102
+    match = re.fullmatch(r"success ([\d.]+), ΔN ([\d.-]+), ΔNDCG@2 ([\d.-]+)\n", out.getvalue())
+    assert match, out.getvalue()
+    success, removed, ndcg_drop = (float(g) for g in match.groups())
+    assert success >= 0.9 and removed >= 0.9 and ndcg_drop < 0.3
