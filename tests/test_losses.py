@@ -134,3 +134,16 @@ def test_losses_are_per_sample() -> None:
     for i in range(5):
         alone = tkmia_loss(f[i : i + 1], y[i : i + 1], s[i : i + 1], 2)
         torch.testing.assert_close(alone, full[i : i + 1])
+
+
+def test_average_top_k_float32_large_c_matches_float64_top_m_mean() -> None:
+    # for m > c/2 the sum runs over all entries minus the smallest ones; in float32 that
+    # must still agree with the plain mean of the m largest (computed in float64)
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(8, 1000, generator=g) * 10
+    for m in (1, 3, 500, 501, 997, 1000):
+        want = f.double().topk(m, dim=1).values.mean(dim=1)
+        for method in ("sort", "dual"):
+            got = average_top_k(f, m, method)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)

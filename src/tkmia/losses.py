@@ -15,21 +15,29 @@ __all__ = ["average_top_k", "mlcw_loss", "tkmia_loss", "tkmlap_loss"]
 def average_top_k(a: torch.Tensor, m: int, method: str = "sort") -> torch.Tensor:
     """ATk_m(a): the mean of the ``m`` largest entries of each row of ``a`` ``(B, c)``.
 
-    ``method="sort"`` averages the top-m values; ``method="dual"`` evaluates the
-    variational form ``min_λ λ + (1/m) Σ_i [a_i − λ]_+`` at its minimiser ``λ = a_[m]``
-    (Lemma 4.1 of the paper). Both have the same value and the same gradient.
+    ``method="sort"`` averages the top-m values (for ``m > c/2`` as the row sum minus the
+    ``c − m`` smallest entries, which needs a much shorter partial sort); ``method="dual"``
+    evaluates the variational form ``min_λ λ + (1/m) Σ_i [a_i − λ]_+`` at its minimiser
+    ``λ = a_[m]`` (Lemma 4.1 of the paper). Both have the same value and the same gradient.
     """
     if a.dim() != 2:
         raise ValueError(f"a must have shape (B, c), got {tuple(a.shape)}")
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= a.shape[1]:
         raise ValueError(f"m must be an integer with 1 <= m <= c = {a.shape[1]}, got {m!r}")
-    top = a.topk(m, dim=1).values
+    if method not in ("sort", "dual"):
+        raise ValueError(f"method must be 'sort' or 'dual', got {method!r}")
+    c = a.shape[1]
+    if 2 * m > c:
+        # the m largest are all but the c − m smallest: select those (ATk_{c−k} with a
+        # small k is a near-full sort otherwise, the loss's main cost for large c)
+        low = a.topk(c - m + 1, dim=1, largest=False).values  # ascending; last = a_[m]
+        top_sum, lam = a.sum(dim=1) - low[:, :-1].sum(dim=1), low[:, -1:]
+    else:
+        top = a.topk(m, dim=1).values
+        top_sum, lam = top.sum(dim=1), top[:, -1:]
     if method == "sort":
-        return top.mean(dim=1)
-    if method == "dual":
-        lam = top[:, -1:]
-        return lam.squeeze(1) + (a - lam).clamp(min=0).sum(dim=1) / m
-    raise ValueError(f"method must be 'sort' or 'dual', got {method!r}")
+        return top_sum / m
+    return lam.squeeze(1) + (a - lam).clamp(min=0).sum(dim=1) / m
 
 
 def _masked_max(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
