@@ -29,9 +29,10 @@ class KFool(Attack):
         boundary is crossed rather than merely reached.
 
     The batch's per-label gradients come from one backward pass per top-(k+1) slot
-    (k+1 passes per iteration; k on the CPU when ``m`` is in every sample's top-(k+1),
-    as its own slot contributes nothing), never from a loop over images. An attack on a sample stops
-    on success, when no target label is left in the top-k, or at ``max_iter``.
+    (k+1 passes per iteration; k on the CPU when ``m`` is in every sample's top-(k+1), as
+    its own slot contributes nothing), never from a loop over images. An attack on a
+    sample stops on success, when no target label is left in the top-k, or at
+    ``max_iter``.
     As in the paper's protocol it attacks all relevant labels (Y);
     ``baseline_targets="specified"`` uses S instead.
     """
