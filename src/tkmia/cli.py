@@ -73,8 +73,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=_list(float, "--lr"))
     run.add_argument("--lam", type=_list(float, "--lam"))
     run.add_argument("--max-iter", type=_list(int, "--max-iter"))
-    run.add_argument("--batch-size", type=int, help="images optimised at once (default 64); a "
-                     "finished image's slot is refilled at once from its chunk")
+    run.add_argument("--batch-size", type=int, help="images optimised at once (default 64; 256 for "
+                     "digits); a finished image's slot is refilled at once from its chunk")
     run.add_argument("--chunk-size", type=int, help="images per chunk, the unit of records, "
                      "resuming and torchrun sharding (default: 4 x --batch-size)")
     run.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")

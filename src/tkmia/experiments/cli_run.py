@@ -12,11 +12,13 @@ from typing import Any
 
 from tkmia.errors import InputError, MissingFileError
 from tkmia.experiments.builtin import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_GROUPS,
     DEFAULT_HPARAMS,
     DEFAULT_K,
     DEFAULT_N,
     DEFAULT_SAMPLES,
+    FALLBACK_BATCH_SIZE,
     FALLBACK_SAMPLES,
 )
 from tkmia.experiments.settings import METHODS, MethodConfig, Setting
@@ -223,7 +225,9 @@ def run_command(args: argparse.Namespace) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {seed!r}")
     samples = _positive_int(opts, "samples", DEFAULT_SAMPLES.get(dataset_name, FALLBACK_SAMPLES))
-    batch_size = _positive_int(opts, "batch_size", 64)
+    batch_size = _positive_int(
+        opts, "batch_size", DEFAULT_BATCH_SIZE.get(dataset_name, FALLBACK_BATCH_SIZE)
+    )
     chunk_size = _positive_int(opts, "chunk_size", 4 * batch_size)
     examples = opts.get("examples", 3)
     if not _is_int(examples) or examples < 0:
