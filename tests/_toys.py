@@ -57,3 +57,21 @@ def make_problem(
         pick = torch.randperm(k, generator=g)[:n_specified]
         spec[i, order[i, pick]] = 1
     return x, labels, spec
+
+
+class TopKDataset(torch.utils.data.Dataset):
+    """``n`` random (3, 16, 16) images whose labels are ``model``'s clean top-5 (c = 10)."""
+
+    def __init__(self, model: nn.Module, n: int, seed: int, c: int = 10) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(n, 3, 16, 16, generator=g)
+        with torch.no_grad():
+            top = model(self.images).topk(5, dim=1).indices
+        self.labels = torch.zeros(n, c).scatter_(1, top, 1)
+        self.classes = [f"l{i}" for i in range(c)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]

@@ -23,31 +23,15 @@ from tkmia.experiments.runner import SUMMARY_COLUMNS, RunConfig, quantised_succe
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.reports.figures import BAR_MEASURES
 
-from _toys import make_cnn, make_problem
+from _toys import TopKDataset, make_cnn, make_problem
 
 C, K = 10, 3
-
-
-class ToyDataset(torch.utils.data.Dataset):
-    def __init__(self, model, n: int = 16) -> None:
-        g = torch.Generator().manual_seed(5)
-        self.images = torch.rand(n, 3, 16, 16, generator=g)
-        with torch.no_grad():
-            top = model(self.images).topk(5, dim=1).indices
-        self.labels = torch.zeros(n, C).scatter_(1, top, 1)
-        self.classes = [f"l{i}" for i in range(C)]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.images[i], self.labels[i]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     model = make_cnn()
-    data = ToyDataset(model)
+    data = TopKDataset(model, n=16, seed=5)
     settings = [
         Setting("global", K, group="g", group_indices=(0, 1, 2, 3, 4)),
         Setting("random", K, n=1),

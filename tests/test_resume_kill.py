@@ -10,13 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from tkmia.experiments.records import read_all_records, read_records, record_files
 from tkmia.experiments.runner import TIMING_COLUMNS, RunConfig, run
 from tkmia.experiments.settings import MethodConfig, Setting
 
-from _toys import make_cnn
+from _toys import TopKDataset, make_cnn
 
 ARGS = [
     "--samples", "8", "--methods", "tkmia,kfool", "--max-iter", "30", "--k", "2", "--n", "1",
@@ -99,25 +97,9 @@ def test_sigkill_at_several_moments_then_resume_gives_the_same_table(tmp_path) -
     assert _lines(out) == n
 
 
-class _Toy(torch.utils.data.Dataset):
-    def __init__(self, model, n: int = 24) -> None:
-        g = torch.Generator().manual_seed(2)
-        self.images = torch.rand(n, 3, 16, 16, generator=g)
-        with torch.no_grad():
-            top = model(self.images).topk(5, dim=1).indices
-        self.labels = torch.zeros(n, 10).scatter_(1, top, 1)
-        self.classes = [f"l{i}" for i in range(10)]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.images[i], self.labels[i]
-
-
 def test_a_partly_written_chunk_is_attacked_again_as_a_whole(tmp_path) -> None:
     model = make_cnn()
-    data = _Toy(model)
+    data = TopKDataset(model, n=24, seed=2)
     config = RunConfig(
         "toy", "cnn", [Setting("random", 3, n=1)],
         [MethodConfig("tkmia", max_iter=15, lr=5.0, lam=1e-3)],

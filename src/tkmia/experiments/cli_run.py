@@ -228,7 +228,8 @@ def run_command(args: argparse.Namespace) -> int:
     batch_size = _positive_int(
         opts, "batch_size", DEFAULT_BATCH_SIZE.get(dataset_name, FALLBACK_BATCH_SIZE)
     )
-    chunk_size = _positive_int(opts, "chunk_size", 4 * batch_size)
+    # None: RunConfig's default (four batches)
+    chunk_size = _positive_int(opts, "chunk_size", 1) if "chunk_size" in opts else None
     examples = opts.get("examples", 3)
     if not _is_int(examples) or examples < 0:
         raise InputError(f"--examples must be a non-negative integer, got {examples!r}")
