@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -349,3 +351,36 @@ def test_sgd_step_is_torch_sgd(penalty) -> None:
         opt.step()
         w = atk._sgd_step(w, grad, buf)
         torch.testing.assert_close(w, param.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_sgd_step_with_a_gradient_in_another_memory_layout() -> None:
+    """A channels-last gradient (what a channels-last model returns) steps like its
+    contiguous copy: the fused kernel must not read it in w's layout."""
+    atk = TkMIA(make_cnn(), K, lr=0.3, lam=0.05, max_iter=5)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 3, 4, 4, generator=g)
+    grad = torch.randn(2, 3, 4, 4, generator=g)
+    expected = atk._sgd_step(w.clone(), grad, torch.zeros_like(w))
+    last = grad.contiguous(memory_format=torch.channels_last)
+    assert last.stride() != grad.stride()
+    assert torch.equal(atk._sgd_step(w.clone(), last, torch.zeros_like(w)), expected)
+
+
+@pytest.mark.parametrize("name", ["tkmia", "tkmlapu", "mlcwu", "kfool"])
+def test_channels_last_model_gives_the_same_attack(name) -> None:
+    """An attack on a channels-last copy of a model (the layout of its input gradients
+    differs) gives the result of the attack on the model itself."""
+    model = make_cnn(dtype=torch.float64)
+    x, y, s = make_problem(model, 6, K, dtype=torch.float64)
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    wrapped = nn.Sequential(_ChannelsLast(), last).eval()
+    a = _attacks(model, max_iter=30)[name](x, y, s)
+    b = _attacks(wrapped, max_iter=30)[name](x, y, s)
+    assert torch.equal(a.iterations, b.iterations)
+    assert torch.equal(a.success, b.success)
+    torch.testing.assert_close(a.adv_images, b.adv_images, rtol=0, atol=1e-9)
+
+
+class _ChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)

@@ -556,9 +556,20 @@ class LossAttack(Attack):
     def _sgd_step(self, w: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
         """torch.optim.SGD's step, in place on ``w`` and ``buf``: ``d = g + λw`` (penalty
         ``"w"``), ``buf = 0.9·buf + d``, ``w = w − lr·buf``; in one fused pass where PyTorch
-        has one (bit-identical to the three separate passes)."""
+        has one (bit-identical to the three separate passes).
+
+        The fused kernel walks the three tensors' memory in lockstep, ignoring strides:
+        a gradient in another memory layout than ``w`` (a channels-last model returns
+        channels-last input gradients) is copied into ``w``'s layout first."""
         lam = self.lam if self.penalty == "w" else 0.0
-        if _FUSED_SGD is not None and w.dtype in _FUSED_DTYPES and grad.dtype == w.dtype:
+        if grad.stride() != w.stride():
+            grad = torch.empty_like(w).copy_(grad)
+        if (
+            _FUSED_SGD is not None
+            and w.dtype in _FUSED_DTYPES
+            and grad.dtype == w.dtype
+            and buf.stride() == w.stride()
+        ):
             _FUSED_SGD(
                 [w], [grad], [buf], weight_decay=lam, momentum=self.momentum, lr=self.lr,
                 dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
