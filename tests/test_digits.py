@@ -74,13 +74,16 @@ def test_shipped_model_reaches_its_recorded_test_map() -> None:
     assert 0.85 <= test_map <= 0.95
 
 
-def test_builtin_model_folds_batchnorm_without_changing_its_scores() -> None:
+def test_builtin_model_folds_batchnorm_and_goes_channels_last_without_changing_scores() -> None:
     from tkmia.models import load_model
 
     unfolded, _ = load_model(builtin_checkpoint_path(), "cpu")
     folded = builtin_model()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.modules())
+    assert folded.channels_last and not unfolded.channels_last
+    conv = folded.net[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     images = torch.rand(16, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(folded(images), unfolded(images), atol=1e-4)

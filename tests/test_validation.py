@@ -9,6 +9,7 @@ cases those files leave out.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,15 @@ from tkmia.data.digits import CLASSES as DIGITS_CLASSES
 from tkmia.data.digits import Digits
 from tkmia.data.groups import resolve_group
 from tkmia.errors import InputError, MissingFileError
-from tkmia.models import build_model, build_net, load_model, load_state, read_meta, save_checkpoint
+from tkmia.models import (
+    Normalized,
+    build_model,
+    build_net,
+    load_model,
+    load_state,
+    read_meta,
+    save_checkpoint,
+)
 from tkmia.protocol import check_scheme
 
 from _toys import make_cnn, make_problem
@@ -286,3 +295,24 @@ def test_save_checkpoint_and_build_net_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 2 classes, got 1"):
         build_net("digits_cnn", 1)
     assert not list(tmp_path.iterdir())
+
+
+def test_channels_last_wrapper_keeps_the_function_and_the_caller_tensors() -> None:
+    """Normalized.to_channels_last: same scores and input gradients up to rounding; the
+    caller's images stay in their layout; a checkpoint of it loads into a plain model."""
+    plain = Normalized(make_cnn(), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)).eval()
+    last = copy.deepcopy(plain).to_channels_last()
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in (plain, last):
+        xx = x.clone().requires_grad_(True)
+        out = model(xx)
+        (g,) = torch.autograd.grad(out[:, 2].sum(), xx)
+        grads.append((out.detach(), g))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+    assert x.is_contiguous()
+    restored = Normalized(make_cnn(seed=5), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    restored.load_state_dict({k: v.contiguous() for k, v in last.state_dict().items()})
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval()(x), plain(x), rtol=1e-5, atol=1e-6)

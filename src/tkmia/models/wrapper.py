@@ -17,6 +17,10 @@ class Normalized(nn.Module):
 
     The wrapper is what attacks and measures see: input ``(B, C, H, W)`` in [0, 1],
     output logits ``(B, c)``.
+
+    After :meth:`to_channels_last` the network's weights and its input are kept in the
+    channels-last memory layout (the caller's tensors stay as they are); the function is
+    the same up to float rounding.
     """
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -31,6 +35,22 @@ class Normalized(nn.Module):
         shape = (1, -1, 1, 1)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(shape))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(shape))
+        self.channels_last = False
+
+    def to_channels_last(self) -> Normalized:
+        """Switch the network to the channels-last (NHWC) memory layout, in place.
+
+        oneDNN's CPU convolutions of small networks run markedly faster in it (the
+        built-in model's forward and backward about 1.4x on two cores, see README
+        "Performance"); on a GPU it is what cuDNN prefers under mixed precision.
+        Returns ``self``.
+        """
+        self.net.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        z = (x - self.mean) / self.std
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        return self.net(z)
