@@ -230,10 +230,30 @@ def test_kfool_stops_when_no_target_is_left_in_top_k() -> None:
     model = make_cnn()
     x, y, s = make_problem(model, 8, K, n_relevant=4, n_specified=1)
     # success needs ΔN >= 1 on S, but kFool attacks all of Y; it stops when Y left the top-k
-    res = KFool(model, K, max_iter=50)(x, y, s)
+    res = KFool(model, K, max_iter=50, stop_when_stalled=False)(x, y, s)
     top = res.adv_scores.topk(K, dim=1).indices
     no_target_left = ~y.bool().gather(1, top).any(1)
     assert (res.success | no_target_left | (res.iterations == 50)).all()
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_kfool_stalled_samples_stop_with_the_result_of_max_iter(batch_size) -> None:
+    """A sample whose kFool step is exactly zero (every pixel saturated) stops early; its
+    image, scores and success are those of running on to max_iter."""
+    model = make_cnn(dtype=torch.float64)
+    x, y, s = make_problem(model, 16, K, dtype=torch.float64)
+    full = KFool(model, K, max_iter=300, stop_when_stalled=False)(x, y, s, batch_size=batch_size)
+    early = KFool(model, K, max_iter=300)(x, y, s, batch_size=batch_size)
+    assert torch.equal(early.adv_images, full.adv_images)
+    # scored in working sets of other sizes (samples leave earlier): last-bit differences
+    torch.testing.assert_close(early.adv_scores, full.adv_scores, rtol=0, atol=1e-12)
+    assert torch.equal(early.success, full.success)
+    stalled = early.iterations < full.iterations
+    assert stalled.sum() >= 3  # the toy has failures that saturate within ~30 steps
+    assert (full.iterations[stalled] == 300).all() and not early.success[stalled].any()
+    saturated = ((early.adv_images == 0) | (early.adv_images == 1)).flatten(1).all(dim=1)
+    assert saturated[stalled].all()
+    assert torch.equal(early.iterations[~stalled], full.iterations[~stalled])
 
 
 # ------------------------------------------------------------------ validation

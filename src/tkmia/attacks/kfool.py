@@ -28,6 +28,15 @@ class KFool(Attack):
       * ``overshoot`` (default 0.02) scales the accumulated step, so that the linearised
         boundary is crossed rather than merely reached.
 
+    **Stalled samples stop early** (``stop_when_stalled=True``, the default): kFool's only
+    state is ``r``, so a sample whose step is exactly zero (every ``g_p`` is 0, which
+    happens once all its pixels are saturated at 0 or 1, where tanh's derivative is 0)
+    can never move again; the next evaluation (the same image) ends it. Its image,
+    scores and success are exactly those of running on to ``max_iter``; only its
+    iteration count is smaller (the steps it did take). On the built-in benchmark every
+    image kFool fails on ends saturated, about half-way to ``max_iter`` = 300. Pass
+    ``False`` to run such samples to ``max_iter`` anyway.
+
     The batch's per-label gradients come from one backward pass per top-(k+1) slot
     (k+1 passes per iteration; k on the CPU when ``m`` is in every sample's top-(k+1), as
     its own slot contributes nothing), never from a loop over images. An attack on a
@@ -45,21 +54,24 @@ class KFool(Attack):
         overshoot: float = 0.02,
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
         baseline_targets: str = "relevant",
+        stop_when_stalled: bool = True,
     ) -> None:
         super().__init__(model, k, max_iter, normalize)
         self.overshoot = _check_positive("overshoot", overshoot, allow_zero=True)
         self.baseline_targets = check_targets(baseline_targets)
+        self.stop_when_stalled = bool(stop_when_stalled)
 
     def _prepare(self, clean_scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> None:
         targets = target_mask(self.baseline_targets, ctx)
         best = clean_scores.masked_fill(~targets, float("-inf")).argmax(dim=1)
         ctx["anchor"] = best.unsqueeze(1)
         ctx["r"] = torch.zeros_like(ctx["x0"])
+        ctx["stalled"] = torch.zeros(best.shape[0], dtype=torch.bool, device=best.device)
 
     def _finished(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         targets = target_mask(self.baseline_targets, ctx)
         top = targets.gather(1, topk_indices(scores, self.k))
-        return ~top.any(dim=1)
+        return ~top.any(dim=1) | ctx["stalled"]
 
     def _update(self, x_adv, scores, ctx):
         v = ctx["v"]
@@ -88,6 +100,8 @@ class KFool(Attack):
             coef = (other / norm).view(view)
             w = g * coef if w is None else w.addcmul_(coef, g)  # w += g_p / ‖g_p‖
             s = s + other * diff.detach().squeeze(1) / norm
+        if self.stop_when_stalled:
+            ctx["stalled"] = ~w.flatten(1).any(dim=1)  # w = 0: r, hence x', stays as it is
         w_norm = w.flatten(1).norm(dim=1).clamp(min=1e-12)
         ctx["r"] = ctx["r"].addcmul(w, (s.abs() / w_norm).view(view))
         return (1 + self.overshoot) * ctx["r"]
