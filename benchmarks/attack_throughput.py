@@ -27,7 +27,12 @@ The table gives img-iter/s of (b), efficiency (b)/(a), the speedup (b)/(c) and o
 images the batched and one-by-one runs agree on success and on the iteration count. The
 column "batch-by-batch" is (b) without continuous batching (chunks of ``--batch-size`` one
 after the other), for comparison. The time of (b) includes everything the call does
-(validation, scoring the clean images, which is not an image-iteration).
+(validation, scoring the clean images, which is not an image-iteration). (b) is split by
+the batch of each iteration (from the start of its forward pass to the next one's):
+"full-batch effic." is the efficiency of the iterations that ran on a full working set
+of ``--batch-size`` images (the engine's own cost per iteration), "tail" the share of
+(b)'s time spent in smaller batches once the queue is empty (samples that need many
+iterations finish alone, where the model's throughput is lower).
 
 ``--scaling`` measures instead: the time of one iteration against the number of labels c
 (a linear head with c outputs on the built-in model's features), split into the model's
@@ -202,13 +207,15 @@ def throughput(args: argparse.Namespace) -> None:
     head = (
         f"{'method':8s} {'img-iter':>8s} {'succ':>5s} {'mean it':>7s} {'ceiling':>8s} "
         f"{'img-iter/s':>10s} {'effic.':>6s} {'batch-by-batch':>14s} {'1-by-1 /s':>9s} "
-        f"{'speedup':>7s}  same flags, same iterations (batched vs 1-by-1)"
+        f"{'speedup':>7s} {'full-batch effic.':>17s} {'tail':>5s}  "
+        "same flags, same iterations (batched vs 1-by-1)"
     )
     print(head)
     print("-" * len(head))
     notes = []
+    stamped = Stamped(model)
     for name in args.methods:
-        atk = make_attack(name, model, args)
+        atk = make_attack(name, stamped, args)
         # warm-up: one full run, so that the timed run finds every batch size's kernels
         # ready (oneDNN builds them on a shape's first use, ~4 ms each for the builtin model)
         if args.model == "builtin":
@@ -216,9 +223,12 @@ def throughput(args: argparse.Namespace) -> None:
         atk(x[:1], y[:1], s[:1])  # (a ResNet's few images are one batch: no new shapes)
         passes = args.k + 1 if name == "kfool" else 1
         before = ceiling(model, batch, args.reps, backwards=passes)
+        stamped.starts.clear()
+        stamped.batches.clear()
         rate, work, secs, res = attack_rate(
             atk, x, y, s, dev, batch_size=bs, sync_every=args.sync_every
         )
+        full_rate, tail = stamped.split(time.perf_counter(), bs)
         after = ceiling(model, batch, args.reps, backwards=passes)
         ceil = 2 * bs / (before + after)
         chunks = [(x[i : i + bs], y[i : i + bs], s[i : i + bs]) for i in range(0, len(x), bs)]
@@ -236,24 +246,36 @@ def throughput(args: argparse.Namespace) -> None:
         print(
             f"{name:8s} {work:8d} {float(res.success.float().mean()):5.2f} "
             f"{float(res.iterations.float().mean()):7.2f} {ceil:8.1f} {rate:10.1f} "
-            f"{rate / ceil:6.2f} {work / chunk_secs:14.1f} {rate1:9.1f} {rate / rate1:6.2f}x  "
-            f"{same_ok}/{single} {same_it}/{single}"
+            f"{rate / ceil:6.2f} {work / chunk_secs:14.1f} {rate1:9.1f} {rate / rate1:6.2f}x "
+            f"{full_rate / ceil:17.2f} {100 * tail:4.0f}%  {same_ok}/{single} {same_it}/{single}"
         )
     for note in notes:
         print(note)
 
 
 class Stamped(nn.Module):
-    """The model, recording the time at which every forward pass starts."""
+    """The model, recording the time at which every forward pass starts and its batch."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.starts: list[float] = []
+        self.batches: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.starts.append(time.perf_counter())
+        if torch.is_grad_enabled():  # an attack iteration, not the scoring of clean images
+            self.starts.append(time.perf_counter())
+            self.batches.append(x.shape[0])
         return self.model(x)
+
+    def split(self, end: float, full: int) -> tuple[float, float]:
+        """Over the recorded passes (each lasting until the next one starts, the last until
+        ``end``): img-iter/s of the passes on a full batch of ``full`` images, and the
+        share of the time spent in smaller batches (the tail of the queue)."""
+        spans = [b - a for a, b in zip(self.starts, self.starts[1:] + [end], strict=True)]
+        full_t = sum(t for t, n in zip(spans, self.batches, strict=True) if n == full)
+        full_work = sum(n for n in self.batches if n == full)
+        return (full_work / full_t if full_t else float("nan")), 1 - full_t / sum(spans)
 
 
 def per_iteration(model: nn.Module, x, y, s, k: int, iters: int = 25) -> float:
