@@ -41,7 +41,7 @@ class Normalized(nn.Module):
         """Switch the network to the channels-last (NHWC) memory layout, in place.
 
         oneDNN's CPU convolutions of small networks run markedly faster in it (the
-        built-in model's forward and backward about 1.4x on two cores, see README
+        built-in model's forward and backward about 1.5x on two cores, see README
         "Performance"); on a GPU it is what cuDNN prefers under mixed precision.
         Returns ``self``.
         """
