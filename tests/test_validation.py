@@ -28,6 +28,7 @@ from tkmia.models import (
     load_state,
     read_meta,
     save_checkpoint,
+    uses_channels_last,
 )
 from tkmia.protocol import check_scheme
 
@@ -316,3 +317,11 @@ def test_channels_last_wrapper_keeps_the_function_and_the_caller_tensors() -> No
     restored.load_state_dict({k: v.contiguous() for k, v in last.state_dict().items()})
     with torch.no_grad():
         torch.testing.assert_close(restored.eval()(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_built_in_architecture_runs_channels_last_and_the_resnets_do_not() -> None:
+    meta = {"arch": "digits_cnn", "classes": ["a", "b", "c"], "mean": [0.5] * 3,
+            "std": [0.25] * 3}
+    assert build_model(meta).channels_last
+    assert uses_channels_last("digits_cnn")
+    assert not uses_channels_last("resnet50") and not uses_channels_last("resnet101")

@@ -3,7 +3,14 @@
 from tkmia.models import resnet as _resnet  # noqa: F401  (registers the ResNets)
 from tkmia.models.builtin import builtin_model
 from tkmia.models.checkpoint import load_state, read_meta, save_checkpoint
-from tkmia.models.registry import architectures, build_model, build_net, load_model, register
+from tkmia.models.registry import (
+    architectures,
+    build_model,
+    build_net,
+    load_model,
+    register,
+    uses_channels_last,
+)
 from tkmia.models.resnet import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_weights
 from tkmia.models.wrapper import Normalized
 
@@ -21,4 +28,5 @@ __all__ = [
     "read_meta",
     "register",
     "save_checkpoint",
+    "uses_channels_last",
 ]

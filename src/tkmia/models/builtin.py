@@ -37,7 +37,7 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-@register(BUILTIN_ARCH)
+@register(BUILTIN_ARCH, channels_last=True)
 def digits_cnn(num_classes: int, width: int = 16) -> nn.Module:
     """The built-in architecture: ``(B, 3, H, W)`` normalised images → ``(B, num_classes)``."""
     w = width

@@ -15,16 +15,26 @@ from tkmia.models.wrapper import Normalized
 
 NetBuilder = Callable[[int], nn.Module]
 _BUILDERS: dict[str, NetBuilder] = {}
+_CHANNELS_LAST: set[str] = set()
 
 
-def register(name: str) -> Callable[[NetBuilder], NetBuilder]:
-    """Register ``builder(num_classes) -> nn.Module`` (a bare, un-normalised network)."""
+def register(name: str, channels_last: bool = False) -> Callable[[NetBuilder], NetBuilder]:
+    """Register ``builder(num_classes) -> nn.Module`` (a bare, un-normalised network);
+    ``channels_last``: models of this architecture run in that memory layout (see
+    :meth:`Normalized.to_channels_last`), for training and attacks alike."""
 
     def deco(builder: NetBuilder) -> NetBuilder:
         _BUILDERS[name] = builder
+        if channels_last:
+            _CHANNELS_LAST.add(name)
         return builder
 
     return deco
+
+
+def uses_channels_last(arch: str) -> bool:
+    """Whether models of architecture ``arch`` run in the channels-last layout."""
+    return arch in _CHANNELS_LAST
 
 
 def architectures() -> list[str]:
@@ -44,7 +54,8 @@ def build_net(arch: str, num_classes: int) -> nn.Module:
 def build_model(meta: dict[str, Any]) -> Normalized:
     """The normalised model described by checkpoint metadata (weights not loaded)."""
     net = build_net(meta["arch"], len(meta["classes"]))
-    return Normalized(net, meta["mean"], meta["std"])
+    model = Normalized(net, meta["mean"], meta["std"])
+    return model.to_channels_last() if uses_channels_last(meta["arch"]) else model
 
 
 def load_model(
