@@ -31,11 +31,9 @@ def train_command(args: argparse.Namespace) -> int:
     from tkmia.models import (
         IMAGENET_MEAN,
         IMAGENET_STD,
-        Normalized,
         architectures,
-        build_net,
+        build_model,
         load_state,
-        uses_channels_last,
     )
     from tkmia.models.builtin import BUILTIN_ARCH
     from tkmia.models.resnet import load_imagenet_weights
@@ -101,9 +99,8 @@ def train_command(args: argparse.Namespace) -> int:
     classes = list(train_set.classes)
     if list(test_set.classes) != classes:
         raise InputError("the training and test files name different classes")
-    torch.manual_seed(args.seed)
-    net = build_net(arch, len(classes))
-    if arch == BUILTIN_ARCH and hasattr(train_set, "images"):
+    builtin = arch == BUILTIN_ARCH and hasattr(train_set, "images")
+    if builtin:
         images = train_set.images.float() / 255.0
         mean = images.mean(dim=(0, 2, 3)).tolist()
         std = images.std(dim=(0, 2, 3)).tolist()
@@ -111,16 +108,16 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         image_size = int(train_set[0][0].shape[-1]) if len(train_set) else args.image_size
+    meta = {"arch": arch, "classes": classes, "image_size": image_size, "mean": mean,
+            "std": std, "dataset": args.dataset}
+    torch.manual_seed(args.seed)
+    model = build_model(meta)  # in the architecture's memory layout (checkpoints: contiguous)
+    if not builtin:
         if args.weights is not None:
-            load_imagenet_weights(net, args.weights)
+            load_imagenet_weights(model.net, args.weights)
         else:
             print("tkmia train: no --weights given, training from random initialisation "
                   "(the paper fine-tunes ImageNet weights)", file=sys.stderr)
-    model = Normalized(net, mean, std)
-    if uses_channels_last(arch):
-        model.to_channels_last()  # ~1.5x per step on a CPU; checkpoints are saved contiguous
-    meta = {"arch": arch, "classes": classes, "image_size": image_size, "mean": mean,
-            "std": std, "dataset": args.dataset}
     print(f"tkmia train: {args.dataset}, {len(train_set)} training and {len(test_set)} test "
           f"images, {len(classes)} classes, {arch}, {config.epochs} epochs -> {out}", flush=True)
     best = train_model(model, train_set, test_set, config, out, meta, device=device,
