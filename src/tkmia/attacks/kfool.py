@@ -100,8 +100,9 @@ class KFool(Attack):
             coef = (other / norm).view(view)
             w = g * coef if w is None else w.addcmul_(coef, g)  # w += g_p / ‖g_p‖
             s = s + other * diff.detach().squeeze(1) / norm
+        flat = w.flatten(1)
         if self.stop_when_stalled:
-            ctx["stalled"] = ~w.flatten(1).any(dim=1)  # w = 0: r, hence x', stays as it is
-        w_norm = w.flatten(1).norm(dim=1).clamp(min=1e-12)
+            ctx["stalled"] = ~flat.any(dim=1)  # w = 0: r, hence x', stays as it is
+        w_norm = flat.norm(dim=1).clamp(min=1e-12)
         ctx["r"] = ctx["r"].addcmul(w, (s.abs() / w_norm).view(view))
         return (1 + self.overshoot) * ctx["r"]
