@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
-from tkmia.attacks.base import Attack
+from tkmia.attacks.base import Attack, model_memory_format
 from tkmia.losses import tkmia_loss
 from tkmia.metrics import topk_mask
 
@@ -147,7 +147,9 @@ def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
 
 
 def ceiling(model: nn.Module, x: torch.Tensor, reps: int, backwards: int = 1) -> float:
-    """Seconds per forward + ``backwards`` backward passes w.r.t. the input on batch ``x``."""
+    """Seconds per forward + ``backwards`` backward passes w.r.t. the input on batch ``x``,
+    given to the model in its own memory layout (as the attacks do)."""
+    x = x.contiguous(memory_format=model_memory_format(model))
 
     def once() -> None:
         xx = x.detach().requires_grad_(True)
@@ -161,12 +163,6 @@ def ceiling(model: nn.Module, x: torch.Tensor, reps: int, backwards: int = 1) ->
     for _ in range(reps):
         times.append(timed(once, str(x.device))[0])
     return sorted(times)[len(times) // 2]  # the median: robust to other processes' load
-
-
-def attack_rate(atk: Attack, x, y, s, device: str, **kw) -> tuple[float, int, float, object]:
-    secs, res = timed(lambda: atk(x, y, s, **kw), device)
-    work = int((res.iterations + 1).sum())
-    return work / secs, work, secs, res
 
 
 def one_by_one(atk: Attack, x, y, s, device: str) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -206,8 +202,8 @@ def throughput(args: argparse.Namespace) -> None:
     single = x.shape[0] if args.single_images is None else args.single_images
     head = (
         f"{'method':8s} {'img-iter':>8s} {'succ':>5s} {'mean it':>7s} {'ceiling':>8s} "
-        f"{'img-iter/s':>10s} {'effic.':>6s} {'batch-by-batch':>14s} {'1-by-1 /s':>9s} "
-        f"{'speedup':>7s} {'full-batch effic.':>17s} {'tail':>5s}  "
+        f"{'img-iter/s':>10s} {'effic.':>6s} {'range':>9s} {'batch-by-batch':>14s} "
+        f"{'1-by-1 /s':>9s} {'speedup':>7s} {'full-batch effic.':>17s} {'tail':>5s}  "
         "same flags, same iterations (batched vs 1-by-1)"
     )
     print(head)
@@ -222,57 +218,93 @@ def throughput(args: argparse.Namespace) -> None:
             atk(x, y, s, batch_size=bs, sync_every=args.sync_every)
         atk(x[:1], y[:1], s[:1])  # (a ResNet's few images are one batch: no new shapes)
         passes = args.k + 1 if name == "kfool" else 1
-        before = ceiling(model, batch, args.reps, backwards=passes)
-        stamped.starts.clear()
-        stamped.batches.clear()
-        rate, work, secs, res = attack_rate(
-            atk, x, y, s, dev, batch_size=bs, sync_every=args.sync_every
-        )
-        full_rate, tail = stamped.split(time.perf_counter(), bs)
-        after = ceiling(model, batch, args.reps, backwards=passes)
-        ceil = 2 * bs / (before + after)
+        ceiling(model, batch, 2, backwards=passes)  # warm-up of the probe's shape
+        rounds = []
+        for _ in range(args.rounds):
+            stamped.reset(batch, args.probe_every, passes)
+            secs, res = timed(
+                lambda atk=atk: atk(x, y, s, batch_size=bs, sync_every=args.sync_every), dev
+            )
+            work = int((res.iterations + 1).sum())
+            rate = work / (secs - sum(stamped.probes))
+            ceil = bs * len(stamped.probes) / sum(stamped.probes)
+            full_rate, tail = stamped.split(time.perf_counter(), bs)
+            rounds.append((rate / ceil, rate, ceil, full_rate / ceil, tail, work, res))
+        stamped.reset()
+        rounds.sort(key=lambda r: r[0])
+        effic, rate, ceil, full_effic, tail, work, res = rounds[len(rounds) // 2]
+        spread = f"{rounds[0][0]:.2f}-{rounds[-1][0]:.2f}"
         chunks = [(x[i : i + bs], y[i : i + bs], s[i : i + bs]) for i in range(0, len(x), bs)]
         chunk_secs, _ = timed(lambda atk=atk, chunks=chunks: [atk(*c) for c in chunks], dev)
         rate1, ok1, its1 = one_by_one(atk, x[:single], y[:single], s[:single], dev)
         same_ok = int((ok1 == res.success[:single].cpu()).sum())
         same_it = int((its1 == res.iterations[:single].cpu()).sum())
         if name == "kfool":
-            ceil_fb = 2 * bs / (ceiling(model, batch, args.reps) * 2)
+            ceil_fb = bs / ceiling(model, batch, args.reps)
+            ceil_kf = bs / ceiling(model, batch, args.reps, backwards=passes)
             notes.append(
                 f"kfool: its ceiling is one forward and {passes} backward passes; against the "
-                f"plain fwd+bwd ceiling ({ceil_fb:.1f} img-iter/s) its efficiency is "
-                f"{rate / ceil_fb:.2f}"
+                f"plain fwd+bwd ceiling its efficiency is {effic * ceil_kf / ceil_fb:.2f} "
+                f"(the two ceilings measured one after the other: {ceil_fb:.1f} and "
+                f"{ceil_kf:.1f} img-iter/s)"
             )
         print(
             f"{name:8s} {work:8d} {float(res.success.float().mean()):5.2f} "
             f"{float(res.iterations.float().mean()):7.2f} {ceil:8.1f} {rate:10.1f} "
-            f"{rate / ceil:6.2f} {work / chunk_secs:14.1f} {rate1:9.1f} {rate / rate1:6.2f}x "
-            f"{full_rate / ceil:17.2f} {100 * tail:4.0f}%  {same_ok}/{single} {same_it}/{single}"
+            f"{effic:6.2f} {spread:>9s} {work / chunk_secs:14.1f} {rate1:9.1f} "
+            f"{rate / rate1:6.2f}x {full_effic:17.2f} {100 * tail:4.0f}%  "
+            f"{same_ok}/{single} {same_it}/{single}"
         )
     for note in notes:
         print(note)
 
 
 class Stamped(nn.Module):
-    """The model, recording the time at which every forward pass starts and its batch."""
+    """The model, recording the time at which every forward pass starts and its batch.
+
+    With a probe set (:meth:`reset`), every ``every``-th attack iteration is preceded by
+    one bare forward + backward pass of the model on the probe batch (the ceiling), timed
+    and kept out of the iteration's own time: the ceiling is sampled throughout the
+    attack's run, under the same load as the attack itself.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.reset()
+
+    def reset(self, probe: torch.Tensor | None = None, every: int = 4, passes: int = 1) -> None:
         self.starts: list[float] = []
         self.batches: list[int] = []
+        self.probes: list[float] = []
+        self.probed: list[float] = []  # probe time spent just before each recorded pass
+        self.probe, self.every, self.passes = probe, every, passes
+        if probe is not None:
+            self.probe = probe.contiguous(memory_format=model_memory_format(self.model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():  # an attack iteration, not the scoring of clean images
+            spent = 0.0
+            if self.probe is not None and len(self.starts) % self.every == 0:
+                t = time.perf_counter()
+                xx = self.probe.detach().requires_grad_(True)
+                out = self.model(xx).sum()
+                for j in range(self.passes):
+                    torch.autograd.grad(out, xx, retain_graph=j < self.passes - 1)
+                spent = time.perf_counter() - t
+                self.probes.append(spent)
             self.starts.append(time.perf_counter())
             self.batches.append(x.shape[0])
+            self.probed.append(spent)
         return self.model(x)
 
     def split(self, end: float, full: int) -> tuple[float, float]:
         """Over the recorded passes (each lasting until the next one starts, the last until
-        ``end``): img-iter/s of the passes on a full batch of ``full`` images, and the
-        share of the time spent in smaller batches (the tail of the queue)."""
-        spans = [b - a for a, b in zip(self.starts, self.starts[1:] + [end], strict=True)]
+        ``end``, probes excluded): img-iter/s of the passes on a full batch of ``full``
+        images, and the share of the time spent in smaller batches (the tail of the queue)."""
+        nexts = self.starts[1:] + [end]
+        probed = self.probed[1:] + [0.0]
+        spans = [b - a - p for a, b, p in zip(self.starts, nexts, probed, strict=True)]
         full_t = sum(t for t, n in zip(spans, self.batches, strict=True) if n == full)
         full_work = sum(n for n in self.batches if n == full)
         return (full_work / full_t if full_t else float("nan")), 1 - full_t / sum(spans)
@@ -386,6 +418,12 @@ def main() -> None:
     parser.add_argument("--sync-every", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--reps", type=int, default=None, help="ceiling repetitions")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed runs of each attack (the median is shown)"
+    )
+    parser.add_argument(
+        "--probe-every", type=int, default=4, help="attack iterations per ceiling probe"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--classes-list", default="20,100,300,1000")

@@ -335,13 +335,14 @@ def test_baseline_targets_option() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_engine_pixels_match_the_change_of_variables_bit_for_bit(dtype) -> None:
-    """The engine's fused tanh transform equals _to_pixels(z0 + v), value and gradient."""
+    """The engine's fused transform equals _to_pixels(z0 + v), value and gradient."""
     from tkmia.attacks.base import _Pixels
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 8, 8, generator=g, dtype=dtype)
     z0 = torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1)
     v0 = 0.3 * torch.randn(x.shape, generator=g, dtype=dtype)
+    v0[0] *= 60  # pixels saturated at 0 and 1 too
     weight = torch.randn(x.shape, generator=g, dtype=dtype)
     outs, grads = [], []
     for fn in (lambda v: _to_pixels(z0 + v), lambda v: _Pixels.apply(z0, v)):
@@ -352,6 +353,28 @@ def test_engine_pixels_match_the_change_of_variables_bit_for_bit(dtype) -> None:
         grads.append(grad)
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(grads[0], grads[1])
+
+
+def test_pixel_map_is_the_tanh_change_of_variables_and_saturates_alike_at_0_and_1() -> None:
+    """_to_pixels(z) = (tanh(z) + 1)/2 (float64 reference) to float32 resolution (2 ulp
+    of 1, where float32's own (tanh + 1)/2 is within 1 ulp, and its gradient 1 ulp); it is
+    exactly 0 or 1, with a gradient of exactly 0, beyond |z| = 8.7 on both sides (as
+    float32's (tanh + 1)/2), and never outside [0, 1]."""
+    z = torch.linspace(-60, 60, 200_001, dtype=torch.float32).requires_grad_(True)
+    out = _to_pixels(z)
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    x = out.detach()
+    ref = (torch.tanh(z.detach().double()) + 1) / 2
+    assert float((x.double() - ref).abs().max()) < 1.2e-7
+    ref_grad = 0.5 * (1 - torch.tanh(z.detach().double()) ** 2)
+    assert float((grad.double() - ref_grad).abs().max()) < 2.4e-7
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    outside = z.detach().abs() > 8.7
+    assert bool(((x == 0) | (x == 1))[outside].all())
+    assert bool((grad[outside] == 0).all())
+    inside = z.detach().abs() < 8.3
+    assert bool(((x > 0) & (x < 1))[inside].all())
+    assert bool((grad[inside] > 0).all())
 
 
 @pytest.mark.parametrize("penalty", ["w", "pixel"])
@@ -395,7 +418,11 @@ def test_channels_last_model_gives_the_same_attack(name) -> None:
     last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     wrapped = nn.Sequential(_ChannelsLast(), last).eval()
     a = _attacks(model, max_iter=30)[name](x, y, s)
-    b = _attacks(wrapped, max_iter=30)[name](x, y, s)
+    atk = _attacks(wrapped, max_iter=30)[name]
+    assert atk.memory_format == torch.channels_last  # its state is kept in the model's layout
+    assert _attacks(model, max_iter=30)[name].memory_format == torch.contiguous_format
+    b = atk(x, y, s)
+    assert b.adv_images.is_contiguous()  # handed back in the caller's layout
     assert torch.equal(a.iterations, b.iterations)
     assert torch.equal(a.success, b.success)
     torch.testing.assert_close(a.adv_images, b.adv_images, rtol=0, atol=1e-9)

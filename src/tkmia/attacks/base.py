@@ -18,10 +18,13 @@ from torch import nn
 from tkmia.errors import InputError
 from tkmia.metrics import topk_indices, topk_mask
 
-__all__ = ["Attack", "AttackResult", "LossAttack"]
+__all__ = ["Attack", "AttackResult", "LossAttack", "model_memory_format"]
 
 #: pixels are clamped to [EPS, 1 - EPS] before atanh, so that w = 0 gives back x within EPS.
 EPS = 1e-6
+#: pixels at most this are 0 (float32's resolution of (tanh + 1)/2 near 0 and 1): the map
+#: saturates at 0 and 1 alike, at |w| > 8.66, where its gradient is exactly 0
+_FLUSH = 2.0**-25
 #: torch.optim.SGD's fused kernel (one pass for weight decay, momentum and step), if any
 _FUSED_SGD = getattr(torch, "_fused_sgd_", None)
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -80,8 +83,23 @@ def _check_positive(name: str, value: object, allow_zero: bool = False) -> float
 
 
 def _to_pixels(z: torch.Tensor) -> torch.Tensor:
-    """Inverse of the change of variables: tanh space to pixels in [0, 1]."""
-    return (torch.tanh(z) + 1) / 2
+    """Inverse of the change of variables: tanh space to pixels in [0, 1].
+
+    ``(tanh(z) + 1) / 2``, computed as ``σ(2z)``: the same function
+    (``tanh z = 2σ(2z) − 1``), about 3.5x cheaper than ``torch.tanh`` on a CPU (where
+    tanh is the dearest op of an attack iteration after the model).
+    """
+    return nn.functional.threshold(torch.sigmoid(2 * z), _FLUSH, 0.0)
+
+
+def model_memory_format(model: nn.Module) -> torch.memory_format:
+    """The memory layout the model's convolutions take their input in: channels-last if any
+    4-D parameter is stored so (``model.to(memory_format=torch.channels_last)``)."""
+    for p in model.parameters():
+        if p.dim() == 4 and not p.is_contiguous():
+            if p.is_contiguous(memory_format=torch.channels_last):
+                return torch.channels_last
+    return torch.contiguous_format
 
 
 def _upload(index: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -92,24 +110,21 @@ def _upload(index: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class _Pixels(torch.autograd.Function):
-    """``_to_pixels(z0 + v)`` and its gradient w.r.t. ``v``, bit for bit, in fewer passes.
-
-    Autograd's graph of the plain formula takes four passes over the images forward and
-    two backward; this one three and two (``0.5 + 0.5·t`` and ``(t + 1)/2`` round alike,
-    and halving commutes with rounding in the gradient).
-    """
+    """``_to_pixels(z0 + v)`` and its gradient w.r.t. ``v``, bit for bit, in fewer passes
+    and allocations (in place on one buffer; the pixels themselves are what the gradient
+    ``2·x·(1 − x)`` needs)."""
 
     @staticmethod
     def forward(ctx, z0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        t = torch.add(z0, v).tanh_()
-        ctx.save_for_backward(t)
-        return torch.add(torch.tensor(0.5, dtype=t.dtype), t, alpha=0.5)
+        x = nn.functional.threshold_(torch.add(z0, v).mul_(2).sigmoid_(), _FLUSH, 0.0)
+        ctx.save_for_backward(x)
+        return x
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        (t,) = ctx.saved_tensors
-        g = torch.ops.aten.tanh_backward(grad, t).mul_(0.5)
+        (x,) = ctx.saved_tensors
+        g = torch.ops.aten.sigmoid_backward(grad, x).mul_(2)
         return (g if ctx.needs_input_grad[0] else None), (g if ctx.needs_input_grad[1] else None)
 
 
@@ -162,6 +177,9 @@ class Attack:
                 raise InputError(f"normalize std must be positive, got {list(normalize[1])}")
             model = _NormalizedModel(model, *normalize).eval()
         self.model = model
+        #: the layout of the attack's state (z0, w, momentum, ...): the model's own, so that
+        #: neither the input nor its gradient is copied between layouts every iteration
+        self.memory_format = model_memory_format(model)
 
     # ----------------------------------------------------------------- hooks
     def _prepare(self, clean_scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> None:
@@ -301,13 +319,13 @@ class Attack:
         labels = labels.to(device).bool()
         specified = specified.to(device).bool()
         b = images.shape[0]
-        x0_all = images.detach()
+        x0_all = images.detach().contiguous(memory_format=self.memory_format)
         cap = b if batch_size is None else min(batch_size, b)
         with torch.no_grad():
             clean_scores = self._clean_scores(x0_all, labels.shape, cap)
         required, in_top = self._required(clean_scores, specified, threshold)
         result = AttackResult(
-            adv_images=x0_all.clone(),
+            adv_images=images.detach().clone(),
             success=torch.zeros(b, dtype=torch.bool, device=device),
             iterations=torch.zeros(b, dtype=torch.long, device=device),
             clean_scores=clean_scores,

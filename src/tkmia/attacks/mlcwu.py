@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tkmia.attacks.base import EPS, LossAttack, _check_positive
+from tkmia.attacks.base import EPS, LossAttack, _check_positive, _to_pixels
 from tkmia.attacks.targets import check_targets, target_mask
 from tkmia.losses import mlcw_loss
 
@@ -44,7 +44,7 @@ class MLCWU(LossAttack):
         if self.eps is None:
             return w
         x0 = ctx["x0"]
-        delta = (torch.tanh(ctx["z0"] + w) + 1) / 2 - x0
+        delta = _to_pixels(ctx["z0"] + w) - x0
         norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
         scale = (self.eps / norm).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
         x_new = (x0 + delta * scale).clamp(EPS, 1 - EPS)
