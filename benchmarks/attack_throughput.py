@@ -10,28 +10,33 @@ Run by hand (not in CI), e.g.::
 One run measures, on the same images and model:
 
 (a) the ceiling: the model's bare forward + backward with respect to the input (forward on
-    a batch of ``--batch-size`` images that require grad, backward of the summed scores), in
-    image-iterations per second; it is measured again just before and after each attack
-    (column "ceiling": their mean), so that a change of load shows;
-(b) every attack over ``--images`` images with continuous batching (``batch_size`` =
-    ``--batch-size``), counting only the image-iterations it needs: the sum over samples
-    of the iterates evaluated, ``iterations + 1``. It is timed after one warm-up run of
-    the same call: the steady state of a process that attacks batch after batch (oneDNN
-    builds its kernels on a batch size's first use, ~4 ms each for the built-in model).
-    kFool takes k+1 backward passes per iteration; it is counted as one image-iteration
-    per forward and compared with a ceiling of one forward and k+1 backward passes (its
-    efficiency against the plain ceiling is printed below the table);
+    a batch of ``--batch-size`` images that require grad, in the model's own memory layout,
+    backward of the summed scores), in image-iterations per second. It is sampled inside
+    each timed attack run: before every ``--probe-every``-th attack iteration, one bare
+    pass on a full batch, timed and kept out of the attack's time, so that the ceiling and
+    the attack are measured under the same load (this shared machine's speed moves by
+    +-30 % from minute to minute);
+(b) every attack over ``--images`` images as ``tkmia run`` attacks a setting: chunks of
+    ``--chunk-size`` images (default 4 x ``--batch-size``, the runner's) streamed through
+    one working set of ``--batch-size`` (``Attack.stream``, continuous batching across
+    chunks), counting only the image-iterations it needs: the sum over samples of the
+    iterates evaluated, ``iterations + 1``. Each attack runs ``--rounds`` times after one
+    warm-up run (oneDNN builds its kernels on a batch size's first use, ~4 ms each for the
+    built-in model); the round of median efficiency is shown, "range" gives the lowest and
+    highest. kFool takes k+1 backward passes per iteration; it is counted as one
+    image-iteration per forward and compared with a ceiling of one forward and k+1
+    backward passes (its efficiency against the plain ceiling is printed below the table);
 (c) the same attack over the same images one image at a time.
 
 The table gives img-iter/s of (b), efficiency (b)/(a), the speedup (b)/(c) and on how many
 images the batched and one-by-one runs agree on success and on the iteration count. The
 column "batch-by-batch" is (b) without continuous batching (chunks of ``--batch-size`` one
-after the other), for comparison. The time of (b) includes everything the call does
-(validation, scoring the clean images, which is not an image-iteration). (b) is split by
-the batch of each iteration (from the start of its forward pass to the next one's):
-"full-batch effic." is the efficiency of the iterations that ran on a full working set
-of ``--batch-size`` images (the engine's own cost per iteration), "tail" the share of
-(b)'s time spent in smaller batches once the queue is empty (samples that need many
+after the other, one call each), for comparison. The time of (b) includes everything the
+attack does (validation, scoring the clean images, which is not an image-iteration). (b)
+is split by the batch of each iteration (from the start of its forward pass to the next
+one's): "full-batch effic." is the efficiency of the iterations that ran on a full working
+set of ``--batch-size`` images (the engine's own cost per iteration), "tail" the share of
+(b)'s time spent in smaller batches once the stream is dry (samples that need many
 iterations finish alone, where the model's throughput is lower).
 
 ``--scaling`` measures instead: the time of one iteration against the number of labels c
@@ -52,6 +57,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -165,6 +171,18 @@ def ceiling(model: nn.Module, x: torch.Tensor, reps: int, backwards: int = 1) ->
     return sorted(times)[len(times) // 2]  # the median: robust to other processes' load
 
 
+def streamed(atk: Attack, x, y, s, args: argparse.Namespace) -> SimpleNamespace:
+    """The attack over all images as ``tkmia run`` does it: chunks of ``--chunk-size``
+    streamed through one working set of ``--batch-size``; success and iterations of all."""
+    cs = args.chunk_size
+    chunks = [(x[i : i + cs], y[i : i + cs], s[i : i + cs]) for i in range(0, len(x), cs)]
+    results = list(atk.stream(chunks, batch_size=args.batch_size, sync_every=args.sync_every))
+    return SimpleNamespace(
+        success=torch.cat([r.success for r in results]),
+        iterations=torch.cat([r.iterations for r in results]),
+    )
+
+
 def one_by_one(atk: Attack, x, y, s, device: str) -> tuple[float, torch.Tensor, torch.Tensor]:
     ok, its = [], []
 
@@ -215,16 +233,14 @@ def throughput(args: argparse.Namespace) -> None:
         # warm-up: one full run, so that the timed run finds every batch size's kernels
         # ready (oneDNN builds them on a shape's first use, ~4 ms each for the builtin model)
         if args.model == "builtin":
-            atk(x, y, s, batch_size=bs, sync_every=args.sync_every)
+            streamed(atk, x, y, s, args)
         atk(x[:1], y[:1], s[:1])  # (a ResNet's few images are one batch: no new shapes)
         passes = args.k + 1 if name == "kfool" else 1
         ceiling(model, batch, 2, backwards=passes)  # warm-up of the probe's shape
         rounds = []
         for _ in range(args.rounds):
             stamped.reset(batch, args.probe_every, passes)
-            secs, res = timed(
-                lambda atk=atk: atk(x, y, s, batch_size=bs, sync_every=args.sync_every), dev
-            )
+            secs, res = timed(lambda atk=atk: streamed(atk, x, y, s, args), dev)
             work = int((res.iterations + 1).sum())
             rate = work / (secs - sum(stamped.probes))
             ceil = bs * len(stamped.probes) / sum(stamped.probes)
@@ -400,7 +416,13 @@ def main() -> None:
         "--images",
         type=int,
         default=None,
-        help="images to attack (default: 256 builtin, 8 resnets)",
+        help="images to attack (default: 768 builtin, 8 resnets)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="images per chunk of the stream, as tkmia run's (default: 4 x --batch-size)",
     )
     parser.add_argument(
         "--single-images",
@@ -431,7 +453,8 @@ def main() -> None:
     args = parser.parse_args()
     resnet = args.model != "builtin"
     args.image_size = args.image_size or (224 if resnet else 48)
-    args.images = args.images or (8 if resnet else 256)
+    args.images = args.images or (8 if resnet else 768)
+    args.chunk_size = args.chunk_size or 4 * args.batch_size
     args.reps = args.reps or (3 if resnet else 20)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.classes_list = [int(c) for c in args.classes_list.split(",")]

@@ -152,3 +152,96 @@ def test_bad_scheduling_arguments(kwargs, match) -> None:
     x, y, s = make_problem(model, 4, K)
     with pytest.raises(InputError, match=match):
         TkMIA(model, K, lr=1.0, lam=0.0, max_iter=2)(x, y, s, **kwargs)
+
+
+# ------------------------------------------------------------------ stream of chunks
+def _cut(x, y, s, sizes):
+    """The triples of consecutive chunks of the given sizes."""
+    out, start = [], 0
+    for n in sizes:
+        out.append((x[start : start + n], y[start : start + n], s[start : start + n]))
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("batch_size", "sync_every"), [(4, 1), (5, 3), (1, 1), (40, 1)])
+def test_stream_equals_one_call_per_chunk(name, batch_size, sync_every) -> None:
+    """Chunks of a stream (an empty one too) come back in order, each with the result of
+    attacking it alone, although their samples share one working set."""
+    model, x, y, s = _problem(name)
+    atk = _attack(name, model)
+    sizes = [6, 0, 3, 7]
+    chunks = _cut(x, y, s, sizes)
+    results = list(
+        atk.stream(iter(chunks), threshold=1, batch_size=batch_size, sync_every=sync_every)
+    )
+    assert [len(r.success) for r in results] == sizes
+    for chunk, res in zip(chunks, results, strict=True):
+        _assert_same(res, atk(*chunk, threshold=1))
+
+
+def test_stream_keeps_the_batch_full_across_chunks() -> None:
+    """The next chunk's samples take the slots the previous chunk's stragglers free: the
+    working set shrinks only once the stream is dry, and the stream needs fewer model calls
+    than one call per chunk."""
+    model, x, y, s = _problem("tkmia")
+    atk = _attack("tkmia", model, max_iter=40)
+    chunks = _cut(x, y, s, [5, 5, 6])
+    results = list(atk.stream(chunks, threshold=1, batch_size=4))
+    iterations = torch.cat([r.iterations for r in results])
+    assert len({int(i) for i in iterations}) > 3  # samples finish at different iterations
+    sizes = _loop_sizes(atk, chunks)
+    assert max(sizes) == 4
+    assert sizes == sorted(sizes, reverse=True)
+    assert sum(sizes) == int((iterations + 1).sum())  # nothing computed for finished ones
+    one_call_each = sum(len(_loop_sizes(atk, [c])) for c in chunks)
+    assert len(sizes) < one_call_each
+
+
+def _loop_sizes(atk: Attack, chunks) -> list[int]:
+    """Batch sizes of the attack iterations (forward passes with gradients) of a stream."""
+    sizes: list[int] = []
+    hook = atk.model.register_forward_pre_hook(
+        lambda m, inp: sizes.append(inp[0].shape[0]) if torch.is_grad_enabled() else None
+    )
+    try:
+        list(atk.stream(chunks, threshold=1, batch_size=4))
+    finally:
+        hook.remove()
+    return sizes
+
+
+def test_stream_reads_chunks_lazily_and_reports_bad_input_after_the_good_chunks() -> None:
+    model, x, y, s = _problem("tkmia")
+    atk = _attack("tkmia", model)
+    chunks = _cut(x, y, s, [4, 4, 4, 4])
+    read: list[int] = []
+
+    def source():
+        for i, chunk in enumerate(chunks):
+            read.append(i)
+            yield chunk
+
+    stream = atk.stream(source(), threshold=1, batch_size=4)
+    next(stream)
+    assert len(read) < len(chunks)  # the chunks needed so far, not the whole stream
+    bad = list(chunks[:2]) + [(x[8:12], y[8:12], torch.zeros_like(s[8:12]))]
+    got = []
+    with pytest.raises(InputError, match="specified must be non-empty"):
+        for res in atk.stream(iter(bad), threshold=1, batch_size=4):
+            got.append(res)
+    assert len(got) >= 1  # the first chunk came back before the bad one was read
+    _assert_same(got[0], atk(*chunks[0], threshold=1))
+
+
+def test_stream_rejects_chunks_that_do_not_match_the_first() -> None:
+    model, x, y, s = _problem("tkmia")
+    atk = _attack("tkmia", model)
+    odd = (x[4:8].double(), y[4:8], s[4:8])
+    with pytest.raises(InputError, match="first chunk's device, dtype"):
+        list(atk.stream([(x[:4], y[:4], s[:4]), odd], threshold=1, batch_size=2))
+    with pytest.raises(InputError, match="triple"):
+        list(atk.stream([(x[:4], y[:4])], batch_size=2))
+    with pytest.raises(InputError, match="batch_size must be an integer"):
+        atk.stream([(x[:4], y[:4], s[:4])], batch_size=0)

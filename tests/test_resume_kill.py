@@ -123,7 +123,8 @@ def test_a_partly_written_chunk_is_attacked_again_as_a_whole(tmp_path) -> None:
         return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rs]
 
     assert strip(rows) == strip(ref)
-    # the redone chunk gives bit-identical records (same chunk, same company)
+    # the redone chunk gives bit-identical records (samples are independent, and the toy
+    # model rounds alike whatever its batch mates)
     ref_recs = read_records(tmp_path / "ref" / path.relative_to(out))
     by_index = {r["index"]: r for r in ref_recs}
     for rec in records:

@@ -74,9 +74,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lam", type=_list(float, "--lam"))
     run.add_argument("--max-iter", type=_list(int, "--max-iter"))
     run.add_argument("--batch-size", type=int, help="images optimised at once (default 64; 256 for "
-                     "digits); a finished image's slot is refilled at once from its chunk")
+                     "digits); a finished image's slot is refilled at once from the queue")
     run.add_argument("--chunk-size", type=int, help="images per chunk, the unit of records, "
-                     "resuming and torchrun sharding (default: 4 x --batch-size)")
+                     "resuming and torchrun sharding (default: 4 x --batch-size); "
+                     "a setting's chunks stream through one working set")
     run.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     run.add_argument("--seed", type=int)
     run.add_argument("--examples", type=int, help="images per setting drawn in the figures")

@@ -9,8 +9,9 @@ and the bookkeeping of results. An attack subclass supplies only its update rule
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -151,6 +152,10 @@ class Attack:
             The results are those of the whole-batch call.
         sync_every: how often (in iterations) the host looks at which samples finished;
             ``None``: 1 on the CPU, 4 elsewhere. Never changes the results.
+
+    ``atk.stream(chunks, threshold=None, batch_size=64, sync_every=None)`` attacks an
+    iterable of ``(images, labels, specified)`` chunks through one working set and yields
+    each chunk's result as it completes (see :meth:`stream`).
 
     Subclasses implement :meth:`_update` (and may extend :meth:`_prepare`/:meth:`_finished`).
     Samples are independent: a sample's result never depends on its batch mates, and a
@@ -298,6 +303,8 @@ class Attack:
         full until the queue runs dry. The clean images are scored in chunks of
         ``batch_size`` too. The result is the one of a call with the whole batch (samples
         are independent; only last-bit rounding of batch-size-dependent kernels differs).
+        To attack more images than fit in memory at once, or to write results as they
+        come, use :meth:`stream`.
 
         ``sync_every`` (optional) is how often, in iterations, the host looks at which
         samples finished (to drop or replace them). Success, give-up and ``max_iter`` are
@@ -308,21 +315,76 @@ class Attack:
         accelerators (no host–device synchronisation in the other iterations; on CUDA the
         check itself is overlapped with the update step). Results never depend on it.
         """
-        self._validate(images, labels, specified)
         if batch_size is not None:
             _check_int("batch_size", batch_size, 1)
+        cap = batch_size
+        if cap is None:
+            cap = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 1
+        (result,) = self.stream([(images, labels, specified)], threshold, max(cap, 1), sync_every)
+        return result
+
+    def stream(
+        self,
+        chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        threshold: int | None = None,
+        batch_size: int = 64,
+        sync_every: int | None = None,
+    ) -> Iterator[AttackResult]:
+        """Attack a stream of chunks with one working set: continuous batching across them.
+
+        ``chunks`` yields ``(images, labels, specified)`` triples, each as for a call
+        (same device, dtype, image size and number of labels throughout). They are read
+        lazily: the next chunk is read (validated, its clean images scored) only when a
+        slot of the working set falls free and the chunks read so far have no sample left
+        to start, so at most about two chunks are held at a time. The attack yields each
+        chunk's :class:`AttackResult`, in order, as soon as its last sample finishes;
+        meanwhile the next chunk's samples already fill the slots its stragglers free, so
+        the working set stays full until the whole stream runs dry, where one call per
+        chunk would drain it at the end of every chunk. The results are those of one call
+        per chunk (samples are independent). Bad input in a chunk raises
+        :class:`~tkmia.errors.InputError` when that chunk is read, after the results of
+        the chunks before it were yielded.
+        """
+        _check_int("batch_size", batch_size, 1)
         if sync_every is not None:
             _check_int("sync_every", sync_every, 1)
-        device = images.device
-        if sync_every is None:
-            sync_every = 1 if device.type == "cpu" else DEFAULT_SYNC_EVERY
+        return self._run(_Queue(self, iter(chunks), threshold, batch_size), batch_size, sync_every)
+
+    @torch.no_grad()
+    def _read(
+        self,
+        item: object,
+        threshold: int | None,
+        cap: int,
+        start: int,
+        first: _Chunk | None,
+    ) -> _Chunk:
+        """Validate and score one chunk of the stream; its samples are ``start, start + 1, …``."""
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            raise InputError("every chunk must be a triple (images, labels, specified)")
+        images, labels, specified = item
+        self._validate(images, labels, specified)
+        if first is not None:
+            x_first = first.x0
+            same = (images.device, images.dtype, tuple(images.shape[1:]), labels.shape[1]) == (
+                x_first.device,
+                x_first.dtype,
+                tuple(x_first.shape[1:]),
+                first.labels.shape[1],
+            )
+            if not same:
+                raise InputError(
+                    "every chunk of a stream must have the first chunk's device, dtype, image "
+                    f"shape and number of labels ({x_first.device}, {x_first.dtype}, "
+                    f"{tuple(x_first.shape[1:])}, c = {first.labels.shape[1]}); got "
+                    f"{images.device}, {images.dtype}, {tuple(images.shape[1:])}, "
+                    f"c = {labels.shape[1]}"
+                )
+        device, b = images.device, images.shape[0]
         labels = labels.to(device).bool()
         specified = specified.to(device).bool()
-        b = images.shape[0]
-        x0_all = images.detach().contiguous(memory_format=self.memory_format)
-        cap = b if batch_size is None else min(batch_size, b)
-        with torch.no_grad():
-            clean_scores = self._clean_scores(x0_all, labels.shape, cap)
+        x0 = images.detach().contiguous(memory_format=self.memory_format)
+        clean_scores = self._clean_scores(x0, labels.shape, cap)
         required, in_top = self._required(clean_scores, specified, threshold)
         result = AttackResult(
             adv_images=images.detach().clone(),
@@ -333,10 +395,7 @@ class Attack:
             specified=specified,
             required=required,
         )
-        if b:
-            with torch.no_grad():
-                self._run(result, x0_all, labels, in_top - required, cap, sync_every)
-        return result
+        return _Chunk(result, x0, labels, in_top - required, start)
 
     @torch.no_grad()
     def _clean_scores(self, x0: torch.Tensor, shape: torch.Size, chunk: int) -> torch.Tensor:
@@ -349,26 +408,18 @@ class Attack:
             )
         return scores.detach()
 
-    def _admit(
-        self,
-        lo: int,
-        hi: int,
-        x0_all: torch.Tensor,
-        labels: torch.Tensor,
-        res: AttackResult,
-        max_left: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """The per-sample state ``ctx`` of samples ``lo .. hi - 1`` at their iterate 0."""
-        x0 = x0_all[lo:hi]
+    def _admit(self, chunk: _Chunk, lo: int, hi: int) -> dict[str, torch.Tensor]:
+        """The per-sample state ``ctx`` of rows ``lo .. hi - 1`` of ``chunk`` at iterate 0."""
+        x0 = chunk.x0[lo:hi]
         ctx = {
             "x0": x0,
             "z0": torch.atanh(2 * x0.clamp(EPS, 1 - EPS) - 1),
             "v": torch.zeros_like(x0),
-            "labels": labels[lo:hi],
-            "specified": res.specified[lo:hi],
-            "max_left": max_left[lo:hi],
+            "labels": chunk.labels[lo:hi],
+            "specified": chunk.result.specified[lo:hi],
+            "max_left": chunk.max_left[lo:hi],
         }
-        self._prepare(res.clean_scores[lo:hi], ctx)
+        self._prepare(chunk.result.clean_scores[lo:hi], ctx)
         return ctx
 
     def _flags_reader(self, flags: torch.Tensor) -> Callable[[], torch.Tensor] | None:
@@ -392,47 +443,46 @@ class Attack:
 
         return wait
 
-    def _run(
-        self,
-        res: AttackResult,
-        x0_all: torch.Tensor,
-        labels: torch.Tensor,
-        max_left: torch.Tensor,
-        cap: int,
-        sync_every: int,
-    ) -> None:
-        """The optimisation loop over a working set of ``cap`` slots (SPEC §4.1).
+    @torch.no_grad()
+    def _run(self, queue: _Queue, cap: int, sync_every: int | None) -> Iterator[AttackResult]:
+        """The optimisation loop over a working set of at most ``cap`` slots (SPEC §4.1).
 
-        Every slot holds one sample; its rows of ``ctx`` are its state, ``index`` its row
-        in the result and ``it`` its iteration count. Each iteration evaluates the current
-        iterate of every slot, flags (on the device) the slots that succeed, give up or
-        reach ``max_iter``, and takes an update step. Every ``sync_every`` iterations the
-        host reads the flags, writes the finished samples' results, refills their slots in
-        place from the queue (``index`` order) and, once the queue is empty, compacts the
-        working set. Between two checks a finished slot keeps its first final iterate in
-        ``kept`` (masked writes) and its ``v`` is frozen.
+        Every slot holds one sample; its rows of ``ctx`` are its state, ``ids`` its number
+        in the stream (on the host) and ``it`` its iteration count. Each iteration
+        evaluates the current iterate of every slot, flags (on the device) the slots that
+        succeed, give up or reach ``max_iter``, and takes an update step. Every
+        ``sync_every`` iterations the host reads the flags, writes the finished samples'
+        results, refills their slots in place from the queue (stream order), yields the
+        chunks that are complete and, once the stream is dry, compacts the working set.
+        Between two checks a finished slot keeps its first final iterate in ``kept``
+        (masked writes) and its ``v`` is frozen.
         """
-        b, device, k = x0_all.shape[0], x0_all.device, self.k
+        k = self.k
         gives_up = type(self)._finished is not Attack._finished
-        ctx = {
-            name: t.clone()
-            for name, t in self._admit(0, cap, x0_all, labels, res, max_left).items()
-        }
-        index = torch.arange(cap, device=device)
-        it = torch.zeros(cap, dtype=torch.long, device=device)
-        it_host = torch.zeros(cap, dtype=torch.long)
-        queued = cap  # samples queued..b-1 have not started
+        n0 = min(cap, queue.fill(cap))
+        if not n0:
+            yield from queue.ready()
+            return
+        first = queue.pending[0]
+        device = first.x0.device
+        if sync_every is None:
+            sync_every = 1 if device.type == "cpu" else DEFAULT_SYNC_EVERY
+        ctx = queue.take(n0)
+        ids = torch.arange(n0)
+        it = torch.zeros(n0, dtype=torch.long, device=device)
+        it_host = torch.zeros(n0, dtype=torch.long)
         lazy = sync_every > 1
         if lazy:
-            done_before = torch.zeros(cap, dtype=torch.bool, device=device)
+            done_before = torch.zeros(n0, dtype=torch.bool, device=device)
+            c, dtype = first.result.clean_scores.shape[1], first.result.clean_scores.dtype
             kept = {
                 "x": torch.empty_like(ctx["x0"]),
-                "scores": torch.empty_like(res.clean_scores[:cap]),
-                "ok": torch.zeros(cap, dtype=torch.bool, device=device),
-                "it": torch.zeros(cap, dtype=torch.long, device=device),
+                "scores": torch.empty((n0, c), dtype=dtype, device=device),
+                "ok": torch.zeros(n0, dtype=torch.bool, device=device),
+                "it": torch.zeros(n0, dtype=torch.long, device=device),
             }
         since_check = 0
-        while index.numel():
+        while ids.numel():
             v = ctx["v"] = ctx["v"].detach().requires_grad_(True)
             with torch.enable_grad():
                 x_adv = _Pixels.apply(ctx["z0"], v)
@@ -482,7 +532,6 @@ class Attack:
                 continue
             # write the finished samples' results
             rows_d = _upload(rows, device)
-            out = index[rows_d]
             final = {
                 "x": x_det[rows_d],
                 "scores": s_det[rows_d],
@@ -494,15 +543,13 @@ class Attack:
                 for name, now in final.items():
                     mask = earlier.view((-1,) + (1,) * (now.dim() - 1))
                     final[name] = torch.where(mask, kept[name][rows_d], now)
-            res.adv_images[out] = final["x"]
-            res.adv_scores[out] = final["scores"]
-            res.success[out] = final["ok"]
-            res.iterations[out] = final["it"]
+            queue.finish(ids[rows], final)
             # refill their slots in place from the queue ...
-            n_new = min(rows.numel(), b - queued)
+            n_new = min(rows.numel(), queue.fill(rows.numel()))
             if n_new:
                 fill, fill_d = rows[:n_new], rows_d[:n_new]
-                new = self._admit(queued, queued + n_new, x0_all, labels, res, max_left)
+                start = queue.admitted
+                new = queue.take(n_new)
                 if new.keys() != ctx.keys():
                     raise RuntimeError(
                         f"{type(self).__name__} keeps per-sample state {sorted(ctx)} but "
@@ -510,10 +557,9 @@ class Attack:
                     )
                 for name, t in ctx.items():
                     t.index_copy_(0, fill_d, new[name].to(t.dtype))
-                index.index_copy_(0, fill_d, torch.arange(queued, queued + n_new, device=device))
+                ids[fill] = torch.arange(start, start + n_new)
                 it.index_fill_(0, fill_d, 0)
                 it_host.index_fill_(0, fill, 0)
-                queued += n_new
             # ... and drop the slots the queue could not refill
             if n_new < rows.numel():
                 keep_mask = ~done
@@ -521,11 +567,90 @@ class Attack:
                 keep = torch.nonzero(keep_mask).flatten()
                 keep_d = _upload(keep, device)
                 ctx = {name: t.index_select(0, keep_d) for name, t in ctx.items()}
-                index, it, it_host = index[keep_d], it[keep_d], it_host[keep]
+                ids, it, it_host = ids[keep], it[keep_d], it_host[keep]
                 if lazy:
                     kept = {name: t.index_select(0, keep_d) for name, t in kept.items()}
             if lazy:
-                done_before = torch.zeros(index.shape, dtype=torch.bool, device=device)
+                done_before = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+            yield from queue.ready()
+        yield from queue.ready()
+
+
+@dataclass
+class _Chunk:
+    """One chunk of a stream: its result (filled in as its samples finish) and inputs."""
+
+    result: AttackResult
+    x0: torch.Tensor
+    labels: torch.Tensor
+    max_left: torch.Tensor
+    start: int  # the stream number of its first sample
+    size: int = field(init=False)
+    left: int = field(init=False)  # samples not finished yet
+
+    def __post_init__(self) -> None:
+        self.size = self.left = self.x0.shape[0]
+
+
+class _Queue:
+    """The samples of a stream of chunks, numbered 0, 1, 2, … across chunks in order:
+    read lazily, started in order, finished in any order, handed back chunk by chunk."""
+
+    def __init__(self, attack: Attack, chunks: Iterator, threshold: int | None, cap: int) -> None:
+        self.attack, self.chunks, self.threshold, self.cap = attack, chunks, threshold, cap
+        self.pending: deque[_Chunk] = deque()
+        self.read = 0  # samples read so far
+        self.admitted = 0  # samples started so far
+        self.dry = False
+
+    def fill(self, n: int) -> int:
+        """Read chunks until ``n`` samples wait to start or the stream ends; how many wait."""
+        while not self.dry and self.read - self.admitted < n:
+            item = next(self.chunks, None)
+            if item is None:
+                self.dry = True
+                break
+            first = self.pending[0] if self.pending else None
+            chunk = self.attack._read(item, self.threshold, self.cap, self.read, first)
+            self.pending.append(chunk)
+            self.read += chunk.size
+        return self.read - self.admitted
+
+    def take(self, n: int) -> dict[str, torch.Tensor]:
+        """The state of the next ``n`` samples to start (new tensors, never views)."""
+        lo, hi = self.admitted, self.admitted + n
+        parts = [
+            self.attack._admit(
+                ch, max(lo, ch.start) - ch.start, min(hi, ch.start + ch.size) - ch.start
+            )
+            for ch in self.pending
+            if max(lo, ch.start) < min(hi, ch.start + ch.size)
+        ]
+        self.admitted = hi
+        if len(parts) == 1:
+            return {name: t.clone() for name, t in parts[0].items()}
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+    def finish(self, ids: torch.Tensor, final: dict[str, torch.Tensor]) -> None:
+        """Write the final state of the samples ``ids`` (host, long) into their chunks."""
+        for ch in self.pending:
+            mine = (ids >= ch.start) & (ids < ch.start + ch.size)
+            count = int(mine.sum())
+            if not count:
+                continue
+            device = ch.result.success.device
+            pick = _upload(torch.nonzero(mine).flatten(), device)
+            rows = _upload(ids[mine] - ch.start, device)
+            ch.result.adv_images[rows] = final["x"][pick].to(ch.result.adv_images.dtype)
+            ch.result.adv_scores[rows] = final["scores"][pick]
+            ch.result.success[rows] = final["ok"][pick]
+            ch.result.iterations[rows] = final["it"][pick]
+            ch.left -= count
+
+    def ready(self) -> Iterator[AttackResult]:
+        """Hand back, in order, the chunks at the head whose samples have all finished."""
+        while self.pending and self.pending[0].left == 0:
+            yield self.pending.popleft().result
 
 
 class LossAttack(Attack):

@@ -30,7 +30,7 @@ class KFool(Attack):
 
     **Stalled samples stop early** (``stop_when_stalled=True``, the default): kFool's only
     state is ``r``, so a sample whose step is exactly zero (every ``g_p`` is 0, which
-    happens once all its pixels are saturated at 0 or 1, where tanh's derivative is 0)
+    happens once all its pixels are saturated at 0 or 1, where the map's derivative is 0)
     can never move again; the next evaluation (the same image) ends it. Its image,
     scores and success are exactly those of running on to ``max_iter``; only its
     iteration count is smaller (the steps it did take). On the built-in benchmark every

@@ -1,17 +1,20 @@
 """Run the paper's protocol: select eligible images, attack them, record, summarise.
 
 Batching: the selected list of each setting is cut into fixed *chunks* (positions
-``[0, m)``, ``[m, 2m)``, ... for ``--chunk-size m``, by default four batches). One attack
-call takes a whole chunk with a working set of ``--batch-size`` images: a sample that
-finishes leaves the working set at once and the next image of the chunk takes its slot
-(continuous batching), so the batch stays full until the chunk's queue runs dry.
+``[0, m)``, ``[m, 2m)``, ... for ``--chunk-size m``, by default four batches), the unit of
+records. A (setting, method)'s chunks stream through one working set of ``--batch-size``
+images (:meth:`~tkmia.attacks.base.Attack.stream`): a sample that finishes leaves the
+working set at once and the next image in line takes its slot, from the next chunk once
+the current one has none left to start (continuous batching across the dataset), so the
+batch stays full until the setting runs dry; each chunk's records are written when its
+last image finishes.
 
 Resuming: records are appended chunk by chunk (see :mod:`tkmia.experiments.records`); a
 rerun of the same configuration attacks only the chunks that have no records yet, so a
 record is never duplicated and an interrupted run ends with the table of an uninterrupted
 one. A chunk that an interrupted write left incomplete is dropped and attacked again as a
-whole, so every image is attacked in the company it would have had without the
-interruption (bit-identical results on the CPU).
+whole; samples are independent, so its records are those of the uninterrupted run up to
+the last-bit rounding of batch-size-dependent CPU kernels.
 
 Sharding: with ``torchrun`` each rank attacks every ``WORLD_SIZE``-th chunk (see
 :mod:`tkmia.experiments.distributed`).
@@ -25,6 +28,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -381,20 +385,17 @@ def run(
                 leave=False,
             )
             example_path = out / "examples" / setting.key / f"{method.key}.safetensors"
-            for rows_ in mine:
-                batch_idx = [indices[i] for i in rows_]
-                items = [dataset[i] for i in batch_idx]
-                images = torch.stack([im for im, _ in items]).to(device)
-                labels = torch.stack([lab for _, lab in items]).to(device)
-                t0 = time.perf_counter()
-                result = attack(
-                    images,
-                    labels,
-                    specified[rows_].to(device),
-                    setting.effective_threshold,
-                    batch_size=config.batch_size,
-                )
-                seconds = time.perf_counter() - t0
+            reader = _ChunkReader(dataset, indices, specified, mine, device)
+            results = (
+                attack.stream(reader, setting.effective_threshold, batch_size=config.batch_size)
+                if mine
+                else iter(())
+            )
+            t0 = time.perf_counter()
+            for rows_, result in zip(mine, results, strict=False):
+                # the attack time since the previous chunk came back, less image reading
+                seconds = time.perf_counter() - t0 - reader.seconds
+                batch_idx, images, labels = reader.read.popleft()
                 ok8 = quantised_success(model, result, setting.k, normalize)
                 if rows_[0] == 0 and config.examples > 0:
                     n_ex = min(config.examples, len(rows_))
@@ -410,6 +411,8 @@ def run(
                     make_records(batch_idx, images, labels, result, setting.k, seconds, ok8),
                 )
                 bar.update(len(rows_))
+                reader.seconds = 0.0
+                t0 = time.perf_counter()
             bar.close()
     # 4. rank 0 summarises every rank's records
     dist.barrier()
@@ -417,6 +420,30 @@ def run(
     if dist.is_main:
         write_summary(out, rows)
     return rows
+
+
+class _ChunkReader:
+    """The ``(images, labels, specified)`` of each chunk (positions into ``indices``), read
+    from the dataset only when the attack's stream asks for it. ``read`` keeps each chunk's
+    ``(dataset indices, images, labels)`` until its result comes back; ``seconds`` adds up
+    the time spent reading (the runner keeps it out of the attack's time)."""
+
+    def __init__(self, dataset, indices, specified, chunks, device) -> None:
+        self.dataset, self.indices, self.specified = dataset, indices, specified
+        self.chunks, self.device = chunks, device
+        self.read: deque[tuple[list[int], torch.Tensor, torch.Tensor]] = deque()
+        self.seconds = 0.0
+
+    def __iter__(self):
+        for rows in self.chunks:
+            t = time.perf_counter()
+            batch_idx = [self.indices[i] for i in rows]
+            items = [self.dataset[i] for i in batch_idx]
+            images = torch.stack([im for im, _ in items]).to(self.device)
+            labels = torch.stack([lab for _, lab in items]).to(self.device)
+            self.read.append((batch_idx, images, labels))
+            self.seconds += time.perf_counter() - t
+            yield images, labels, self.specified[rows].to(self.device)
 
 
 def _drop_incomplete_chunks(
