@@ -416,7 +416,7 @@ def main() -> None:
         "--images",
         type=int,
         default=None,
-        help="images to attack (default: 768 builtin, 8 resnets)",
+        help="images to attack (default: 640 builtin, of the 661 eligible, 8 resnets)",
     )
     parser.add_argument(
         "--chunk-size",
@@ -453,7 +453,7 @@ def main() -> None:
     args = parser.parse_args()
     resnet = args.model != "builtin"
     args.image_size = args.image_size or (224 if resnet else 48)
-    args.images = args.images or (8 if resnet else 768)
+    args.images = args.images or (8 if resnet else 640)
     args.chunk_size = args.chunk_size or 4 * args.batch_size
     args.reps = args.reps or (3 if resnet else 20)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -701,17 +701,18 @@ class LossAttack(Attack):
         ``"w"``), ``buf = 0.9·buf + d``, ``w = w − lr·buf``; in one fused pass where PyTorch
         has one (bit-identical to the three separate passes).
 
-        The fused kernel walks the three tensors' memory in lockstep, ignoring strides:
-        a gradient in another memory layout than ``w`` (a channels-last model returns
-        channels-last input gradients) is copied into ``w``'s layout first."""
+        The fused kernel is used only when all three tensors are contiguous in the
+        standard layout (it walks their memory in lockstep, and makes standard-layout
+        copies of channels-last ones, which costs more than it saves); the separate
+        passes work in any layout."""
         lam = self.lam if self.penalty == "w" else 0.0
-        if grad.stride() != w.stride():
-            grad = torch.empty_like(w).copy_(grad)
         if (
             _FUSED_SGD is not None
             and w.dtype in _FUSED_DTYPES
             and grad.dtype == w.dtype
-            and buf.stride() == w.stride()
+            and w.is_contiguous()
+            and grad.is_contiguous()
+            and buf.is_contiguous()
         ):
             _FUSED_SGD(
                 [w], [grad], [buf], weight_decay=lam, momentum=self.momentum, lr=self.lr,
