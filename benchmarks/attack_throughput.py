@@ -214,8 +214,8 @@ def throughput(args: argparse.Namespace) -> None:
     )
     print(
         f"(a) ceiling, fwd+bwd w.r.t. the input: {bs / ceil_t:.1f} img-iter/s at batch {bs} "
-        f"({1e3 * ceil_t:.1f} ms/iteration), {ceil1:.1f} img-iter/s at batch 1; measured again "
-        "around every attack (column 'ceiling')"
+        f"({1e3 * ceil_t:.1f} ms/iteration), {ceil1:.1f} img-iter/s at batch 1; sampled again "
+        "inside every attack run (column 'ceiling')"
     )
     single = x.shape[0] if args.single_images is None else args.single_images
     head = (
