@@ -43,9 +43,11 @@ iterations finish alone, where the model's throughput is lower).
 (a linear head with c outputs on the built-in model's features), split into the model's
 forward and backward (the ceiling), the loss and success measure (TkMIA's loss with its
 gradient w.r.t. the scores, and the top-k success count) and the rest of the engine; and
-throughput against the batch size. An attack iteration is timed as the median interval
-between consecutive forward passes of a TkMIA run whose learning rate is so small that no
-sample ever succeeds (so every sample runs every iteration).
+throughput against the batch size. Both the model's pass and an attack iteration are
+sampled alternately within one TkMIA run whose learning rate is so small that no sample
+ever succeeds (so every sample runs every iteration): a bare pass of the model before
+every second iteration, and the interval between consecutive forward passes less that
+probe; the medians are shown.
 
 Other processes loading the CPU make the numbers noisy; the load average is printed, and
 ``--threads 1`` avoids the collapse of oversubscribed threads on a loaded 2-core machine.
@@ -326,17 +328,20 @@ class Stamped(nn.Module):
         return (full_work / full_t if full_t else float("nan")), 1 - full_t / sum(spans)
 
 
-def per_iteration(model: nn.Module, x, y, s, k: int, iters: int = 25) -> float:
-    """Seconds per attack iteration: the median interval between consecutive forward
-    passes of TkMIA with a learning rate so small that no sample ever succeeds."""
+def per_iteration(model: nn.Module, x, y, s, k: int, iters: int = 60) -> tuple[float, float]:
+    """Seconds per bare forward + backward of the model on ``x`` (the ceiling) and per
+    attack iteration, sampled alternately within one run of TkMIA whose learning rate is so
+    small that no sample ever succeeds: a probe before every second iteration, kept out of
+    the iteration's time. Medians of both."""
     stamped = Stamped(model)
     atk = TkMIA(stamped, k, lr=1e-12, lam=0.0, max_iter=iters)
     atk(x, y, s)  # warm-up
-    stamped.starts.clear()
+    stamped.reset(x, every=2)
     atk(x, y, s)
-    starts = stamped.starts[1:]  # the first forward scores the clean images
-    gaps = sorted(b - a for a, b in zip(starts, starts[1:], strict=False))
-    return gaps[len(gaps) // 2]
+    starts, probed = stamped.starts, stamped.probed
+    spans = sorted(b - a - p for a, b, p in zip(starts, starts[1:], probed[1:], strict=False))
+    probes = sorted(stamped.probes)
+    return probes[len(probes) // 2], spans[len(spans) // 2]
 
 
 def loss_and_measure(scores: torch.Tensor, y, s, k: int, reps: int) -> float:
@@ -362,7 +367,7 @@ def scaling(args: argparse.Namespace) -> None:
     dev, bs, k = args.device, args.batch_size, args.k
     print(
         f"per-iteration cost vs number of labels c (built-in features + linear head, "
-        f"batch {bs}, TkMIA, k = {k}); medians, model and attack measured alternately"
+        f"batch {bs}, TkMIA, k = {k}); medians, model and attack sampled alternately in one run"
     )
     head = (
         f"{'c':>5s} {'model fwd+bwd ms':>16s} {'loss+measure ms':>15s} {'engine rest ms':>14s} "
@@ -375,11 +380,7 @@ def scaling(args: argparse.Namespace) -> None:
         x, y, s = random_problem(model, bs, 48, args)
         with torch.no_grad():
             scores = model(x)
-        model_ts, it_ts = [], []
-        for _ in range(3):
-            model_ts.append(ceiling(model, x, args.reps))
-            it_ts.append(per_iteration(model, x, y, s, k))
-        model_t, it_t = sorted(model_ts)[1], sorted(it_ts)[1]
+        model_t, it_t = per_iteration(model, x, y, s, k)
         lm_t = loss_and_measure(scores, y, s, k, 300)
         rest = it_t - model_t - lm_t
         print(
@@ -396,11 +397,7 @@ def scaling(args: argparse.Namespace) -> None:
     model = builtin_model(dev)
     for b in args.batch_list:
         x, y, s = random_problem(model, b, 48, args)
-        model_ts, it_ts = [], []
-        for _ in range(3):
-            model_ts.append(ceiling(model, x, args.reps))
-            it_ts.append(per_iteration(model, x, y, s, k))
-        model_t, it_t = sorted(model_ts)[1], sorted(it_ts)[1]
+        model_t, it_t = per_iteration(model, x, y, s, k)
         print(f"{b:5d} {b / model_t:18.1f} {b / it_t:17.1f} {model_t / it_t:6.2f}")
 
 
