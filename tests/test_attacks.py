@@ -421,13 +421,26 @@ def test_channels_last_model_gives_the_same_attack(name) -> None:
     atk = _attacks(wrapped, max_iter=30)[name]
     assert atk.memory_format == torch.channels_last  # its state is kept in the model's layout
     assert _attacks(model, max_iter=30)[name].memory_format == torch.contiguous_format
-    b = atk(x, y, s)
-    assert b.adv_images.is_contiguous()  # handed back in the caller's layout
-    assert torch.equal(a.iterations, b.iterations)
-    assert torch.equal(a.success, b.success)
-    torch.testing.assert_close(a.adv_images, b.adv_images, rtol=0, atol=1e-9)
+    layouts = wrapped[0].layouts
+    for batch_size in (None, 4):  # 4: slots are refilled and dropped (the queue's tail)
+        layouts.clear()
+        b = atk(x, y, s, batch_size=batch_size)
+        assert b.adv_images.is_contiguous()  # handed back in the caller's layout
+        assert layouts and all(layouts)  # every iteration's input arrives channels-last
+        assert torch.equal(a.iterations, b.iterations)
+        assert torch.equal(a.success, b.success)
+        torch.testing.assert_close(a.adv_images, b.adv_images, rtol=0, atol=1e-9)
 
 
 class _ChannelsLast(nn.Module):
+    """Hands its input on in the channels-last layout; records, for the forward passes of
+    attack iterations, whether the input already came so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layouts: list[bool] = []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.layouts.append(x.is_contiguous(memory_format=torch.channels_last))
         return x.contiguous(memory_format=torch.channels_last)

@@ -336,7 +336,8 @@ class Attack:
         (same device, dtype, image size and number of labels throughout). They are read
         lazily: the next chunk is read (validated, its clean images scored) only when a
         slot of the working set falls free and the chunks read so far have no sample left
-        to start, so at most about two chunks are held at a time. The attack yields each
+        to start; a chunk is held only while some of its samples wait or run (with
+        chunks of a few batches, two or three at a time). The attack yields each
         chunk's :class:`AttackResult`, in order, as soon as its last sample finishes;
         meanwhile the next chunk's samples already fill the slots its stragglers free, so
         the working set stays full until the whole stream runs dry, where one call per
@@ -566,10 +567,11 @@ class Attack:
                 keep_mask[rows[:n_new]] = True
                 keep = torch.nonzero(keep_mask).flatten()
                 keep_d = _upload(keep, device)
-                ctx = {name: t.index_select(0, keep_d) for name, t in ctx.items()}
+                # (indexing keeps the memory layout; index_select would not)
+                ctx = {name: t[keep_d] for name, t in ctx.items()}
                 ids, it, it_host = ids[keep], it[keep_d], it_host[keep]
                 if lazy:
-                    kept = {name: t.index_select(0, keep_d) for name, t in kept.items()}
+                    kept = {name: t[keep_d] for name, t in kept.items()}
             if lazy:
                 done_before = torch.zeros(ids.shape, dtype=torch.bool, device=device)
             yield from queue.ready()
