@@ -154,16 +154,21 @@ def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
+def bare_pass(model: nn.Module, x: torch.Tensor, backwards: int = 1) -> None:
+    """One forward and ``backwards`` backward passes of the model w.r.t. its input ``x``."""
+    xx = x.detach().requires_grad_(True)
+    out = model(xx).sum()
+    for j in range(backwards):
+        torch.autograd.grad(out, xx, retain_graph=j < backwards - 1)
+
+
 def ceiling(model: nn.Module, x: torch.Tensor, reps: int, backwards: int = 1) -> float:
-    """Seconds per forward + ``backwards`` backward passes w.r.t. the input on batch ``x``,
-    given to the model in its own memory layout (as the attacks do)."""
+    """Seconds per :func:`bare_pass` on batch ``x``, given to the model in its own memory
+    layout (as the attacks do)."""
     x = x.contiguous(memory_format=model_memory_format(model))
 
     def once() -> None:
-        xx = x.detach().requires_grad_(True)
-        out = model(xx).sum()
-        for j in range(backwards):
-            torch.autograd.grad(out, xx, retain_graph=j < backwards - 1)
+        bare_pass(model, x, backwards)
 
     for _ in range(2):
         once()
@@ -305,10 +310,7 @@ class Stamped(nn.Module):
             spent = 0.0
             if self.probe is not None and len(self.starts) % self.every == 0:
                 t = time.perf_counter()
-                xx = self.probe.detach().requires_grad_(True)
-                out = self.model(xx).sum()
-                for j in range(self.passes):
-                    torch.autograd.grad(out, xx, retain_graph=j < self.passes - 1)
+                bare_pass(self.model, self.probe, self.passes)
                 spent = time.perf_counter() - t
                 self.probes.append(spent)
             self.starts.append(time.perf_counter())

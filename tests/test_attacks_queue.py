@@ -188,28 +188,28 @@ def test_stream_keeps_the_batch_full_across_chunks() -> None:
     model, x, y, s = _problem("tkmia")
     atk = _attack("tkmia", model, max_iter=40)
     chunks = _cut(x, y, s, [5, 5, 6])
-    results = list(atk.stream(chunks, threshold=1, batch_size=4))
+    sizes, results = _loop_sizes(atk, chunks)
     iterations = torch.cat([r.iterations for r in results])
     assert len({int(i) for i in iterations}) > 3  # samples finish at different iterations
-    sizes = _loop_sizes(atk, chunks)
     assert max(sizes) == 4
     assert sizes == sorted(sizes, reverse=True)
     assert sum(sizes) == int((iterations + 1).sum())  # nothing computed for finished ones
-    one_call_each = sum(len(_loop_sizes(atk, [c])) for c in chunks)
+    one_call_each = sum(len(_loop_sizes(atk, [c])[0]) for c in chunks)
     assert len(sizes) < one_call_each
 
 
-def _loop_sizes(atk: Attack, chunks) -> list[int]:
-    """Batch sizes of the attack iterations (forward passes with gradients) of a stream."""
+def _loop_sizes(atk: Attack, chunks) -> tuple[list[int], list]:
+    """Batch sizes of the attack iterations (forward passes with gradients) of a stream of
+    ``chunks`` (batch_size 4), and its results."""
     sizes: list[int] = []
     hook = atk.model.register_forward_pre_hook(
         lambda m, inp: sizes.append(inp[0].shape[0]) if torch.is_grad_enabled() else None
     )
     try:
-        list(atk.stream(chunks, threshold=1, batch_size=4))
+        results = list(atk.stream(chunks, threshold=1, batch_size=4))
     finally:
         hook.remove()
-    return sizes
+    return sizes, results
 
 
 def test_stream_reads_chunks_lazily_and_reports_bad_input_after_the_good_chunks() -> None:

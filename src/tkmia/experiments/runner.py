@@ -389,13 +389,13 @@ def run(
             results = (
                 attack.stream(reader, setting.effective_threshold, batch_size=config.batch_size)
                 if mine
-                else iter(())
+                else ()
             )
             t0 = time.perf_counter()
-            for rows_, result in zip(mine, results, strict=False):
+            for result in results:
                 # the attack time since the previous chunk came back, less image reading
                 seconds = time.perf_counter() - t0 - reader.seconds
-                batch_idx, images, labels = reader.read.popleft()
+                rows_, batch_idx, images, labels = reader.read.popleft()
                 ok8 = quantised_success(model, result, setting.k, normalize)
                 if rows_[0] == 0 and config.examples > 0:
                     n_ex = min(config.examples, len(rows_))
@@ -425,13 +425,14 @@ def run(
 class _ChunkReader:
     """The ``(images, labels, specified)`` of each chunk (positions into ``indices``), read
     from the dataset only when the attack's stream asks for it. ``read`` keeps each chunk's
-    ``(dataset indices, images, labels)`` until its result comes back; ``seconds`` adds up
+    ``(positions, dataset indices, images, labels)`` until its result comes back (results
+    come back in chunk order); ``seconds`` adds up
     the time spent reading (the runner keeps it out of the attack's time)."""
 
     def __init__(self, dataset, indices, specified, chunks, device) -> None:
         self.dataset, self.indices, self.specified = dataset, indices, specified
         self.chunks, self.device = chunks, device
-        self.read: deque[tuple[list[int], torch.Tensor, torch.Tensor]] = deque()
+        self.read: deque[tuple[list[int], list[int], torch.Tensor, torch.Tensor]] = deque()
         self.seconds = 0.0
 
     def __iter__(self):
@@ -441,7 +442,7 @@ class _ChunkReader:
             items = [self.dataset[i] for i in batch_idx]
             images = torch.stack([im for im, _ in items]).to(self.device)
             labels = torch.stack([lab for _, lab in items]).to(self.device)
-            self.read.append((batch_idx, images, labels))
+            self.read.append((rows, batch_idx, images, labels))
             self.seconds += time.perf_counter() - t
             yield images, labels, self.specified[rows].to(self.device)
 
