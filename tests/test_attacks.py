@@ -409,6 +409,37 @@ def test_sgd_step_with_a_gradient_in_another_memory_layout() -> None:
     assert torch.equal(atk._sgd_step(w.clone(), last, torch.zeros_like(w)), expected)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_fused_sgd_step_equals_the_separate_passes(fmt, monkeypatch) -> None:
+    """The fused kernel (on flat views of w, grad and the momentum buffer, in their common
+    layout) steps w and the buffer in place, bit for bit as the three separate passes."""
+    from tkmia.attacks import base
+
+    if base._FUSED_SGD is None:
+        pytest.skip("this PyTorch has no fused SGD kernel")
+    atk = TkMIA(make_cnn(), K, lr=0.3, lam=0.05, max_iter=5)
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(2, 3, 5, 4, generator=g).contiguous(memory_format=fmt)
+    grads = [torch.randn(2, 3, 5, 4, generator=g).contiguous(memory_format=fmt) for _ in range(3)]
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused_sgd(*args, **kwargs)
+
+    fused_sgd, runs = base._FUSED_SGD, []
+    for fused in (counted, None):
+        monkeypatch.setattr(base, "_FUSED_SGD", fused)
+        w, buf = w0.clone(), torch.zeros_like(w0)
+        for grad in grads:
+            assert atk._sgd_step(w, grad, buf) is w
+        assert w.is_contiguous(memory_format=fmt) and buf.is_contiguous(memory_format=fmt)
+        runs.append((w, buf))
+    assert len(calls) == len(grads)  # the first run did take the fused path
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], w0)
+
+
 @pytest.mark.parametrize("name", ["tkmia", "tkmlapu", "mlcwu", "kfool"])
 def test_channels_last_model_gives_the_same_attack(name) -> None:
     """An attack on a channels-last copy of a model (the layout of its input gradients

@@ -102,7 +102,7 @@ def test_continuous_batching_keeps_the_batch_full(name: str) -> None:
     assert sizes == sorted(sizes, reverse=True)
     assert sum(sizes) == int((res.iterations + 1).sum())
     # the batch only shrinks once every sample has been started: the last sample to start
-    # (index B - 1) is admitted when a slot frees up, at the latest while the batch is full
+    # is admitted when a slot frees up, at the latest while the batch is full
     full = sum(1 for n in sizes if n == bs)
     assert full >= len(sizes) - int(res.iterations.max()) - 1
     # fewer model calls than processing the batches one after another
@@ -120,6 +120,57 @@ def test_deferred_checks_bound_the_extra_work(name: str) -> None:
     evaluated = sum(counting.sizes[1:])
     needed = int((res.iterations + 1).sum())
     assert needed <= evaluated <= needed + 3 * B
+
+
+class _FirstInputs(nn.Module):
+    """Records the images of the attack's forward passes (grad enabled), one list per pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+def _margin_order(scores: torch.Tensor, s: torch.Tensor) -> list[int]:
+    """Brute force: samples by decreasing ``max_S f − f_[k+1]``, ties in the given order."""
+    margins = []
+    for i in range(scores.shape[0]):
+        ranked = sorted(scores[i].tolist(), reverse=True)
+        best = max(v for v, m in zip(scores[i].tolist(), s[i].tolist(), strict=True) if m)
+        margins.append(best - ranked[K])
+    return sorted(range(len(margins)), key=lambda i: -margins[i])
+
+
+def test_samples_of_a_chunk_start_longest_expected_first() -> None:
+    """Within each chunk, samples start by decreasing clean margin of their best specified
+    label over the (k+1)-th score; chunks still start one after the other."""
+    model = make_cnn()
+    x, y, s = make_problem(model, 2 * B, K, n_relevant=4, n_specified=2)
+    with torch.no_grad():
+        scores = model(x)
+    rec = _FirstInputs(model)
+    atk = TkMIA(rec, K, lr=1e-9, lam=0.0, max_iter=2)  # nobody succeeds: 3 passes each
+    chunks = [(x[:B], y[:B], s[:B]), (x[B:], y[B:], s[B:])]
+    bs = 5
+    list(atk.stream(chunks, threshold=1, batch_size=bs))
+
+    def which(batch: torch.Tensor) -> list[int]:
+        dist = (batch.flatten(1)[:, None] - x.flatten(1)[None]).abs().amax(dim=2)
+        return dist.argmin(dim=1).tolist()
+
+    started = []  # samples in the order they first appear
+    for batch in rec.inputs:
+        started += [i for i in which(batch) if i not in started]
+    first = _margin_order(scores[:B], s[:B])
+    second = [B + i for i in _margin_order(scores[B:], s[B:])]
+    assert started == first + second
+    assert which(rec.inputs[0]) == first[:bs]
+    assert first != sorted(first)  # the toy problem does reorder
 
 
 def test_queue_handles_more_images_than_one_call_would_fit() -> None:

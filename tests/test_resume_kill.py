@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tkmia.experiments.records import read_all_records, read_records, record_files
 from tkmia.experiments.runner import TIMING_COLUMNS, RunConfig, run
 from tkmia.experiments.settings import MethodConfig, Setting
@@ -123,12 +125,17 @@ def test_a_partly_written_chunk_is_attacked_again_as_a_whole(tmp_path) -> None:
         return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rs]
 
     assert strip(rows) == strip(ref)
-    # the redone chunk gives bit-identical records (samples are independent, and the toy
-    # model rounds alike whatever its batch mates)
+    # the redone chunk gives the same records (samples are independent); its samples ran
+    # with other batch mates than in the uninterrupted run, so measured distances may
+    # differ in the last float bits (batch-size-dependent rounding of the CPU kernels)
     ref_recs = read_records(tmp_path / "ref" / path.relative_to(out))
     by_index = {r["index"]: r for r in ref_recs}
     for rec in records:
-        want = dict(by_index[rec["index"]])
-        assert {k: v for k, v in rec.items() if k != "seconds"} == {
-            k: v for k, v in want.items() if k != "seconds"
-        }
+        want = {k: v for k, v in by_index[rec["index"]].items() if k != "seconds"}
+        got = {k: v for k, v in rec.items() if k != "seconds"}
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+            else:
+                assert got[key] == value, key

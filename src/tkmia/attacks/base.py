@@ -103,6 +103,16 @@ def model_memory_format(model: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _flat_view(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of all of ``t``'s elements in memory order, if ``t`` is dense in the
+    standard or (4-D) channels-last layout; else ``None``."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).view(-1)
+    return None
+
+
 def _upload(index: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host index tensor on ``device``; on CUDA without waiting for the queued work."""
     if device.type == "cuda":
@@ -396,7 +406,8 @@ class Attack:
             specified=specified,
             required=required,
         )
-        return _Chunk(result, x0, labels, in_top - required, start)
+        order = self._admission_order(clean_scores, specified)
+        return _Chunk(result, x0, labels, in_top - required, start, order)
 
     @torch.no_grad()
     def _clean_scores(self, x0: torch.Tensor, shape: torch.Size, chunk: int) -> torch.Tensor:
@@ -409,19 +420,35 @@ class Attack:
             )
         return scores.detach()
 
-    def _admit(self, chunk: _Chunk, lo: int, hi: int) -> dict[str, torch.Tensor]:
-        """The per-sample state ``ctx`` of rows ``lo .. hi - 1`` of ``chunk`` at iterate 0."""
-        x0 = chunk.x0[lo:hi]
+    def _admit(self, chunk: _Chunk, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-sample state ``ctx`` of the rows ``rows`` (long, on the chunk's device)
+        of ``chunk`` at iterate 0: new tensors, never views of the chunk's."""
+        x0 = chunk.x0[rows]
         ctx = {
             "x0": x0,
             "z0": torch.atanh(2 * x0.clamp(EPS, 1 - EPS) - 1),
             "v": torch.zeros_like(x0),
-            "labels": chunk.labels[lo:hi],
-            "specified": chunk.result.specified[lo:hi],
-            "max_left": chunk.max_left[lo:hi],
+            "labels": chunk.labels[rows],
+            "specified": chunk.result.specified[rows],
+            "max_left": chunk.max_left[rows],
         }
-        self._prepare(chunk.result.clean_scores[lo:hi], ctx)
+        self._prepare(chunk.result.clean_scores[rows], ctx)
         return ctx
+
+    def _admission_order(self, clean_scores: torch.Tensor, specified: torch.Tensor) -> torch.Tensor:
+        """The order ``(B,)`` (long, on the host) in which a chunk's samples start: the
+        ones expected to need the most iterations first.
+
+        The expected need is the clean margin ``max_{j∈S} f_j − f_[k+1]``, by how much the
+        best specified label has to fall to leave the top-k (``f_[k+1]``: the (k+1)-th
+        largest score); ties keep the chunk's order. Starting long runs early keeps them
+        from running on alone, in small batches, once the stream runs dry (for TkMIA on
+        the built-in benchmark the margin's Spearman correlation with the iterations
+        taken is about 0.8). Results never depend on the order.
+        """
+        kth = clean_scores.topk(self.k + 1, dim=1).values[:, -1]
+        best = clean_scores.masked_fill(~specified, float("-inf")).amax(dim=1)
+        return (best - kth).argsort(descending=True, stable=True).cpu()
 
     def _flags_reader(self, flags: torch.Tensor) -> Callable[[], torch.Tensor] | None:
         """Start copying the ``(n,)`` bool ``flags`` to the host; returns the wait for them.
@@ -468,8 +495,7 @@ class Attack:
         device = first.x0.device
         if sync_every is None:
             sync_every = 1 if device.type == "cpu" else DEFAULT_SYNC_EVERY
-        ctx = queue.take(n0)
-        ids = torch.arange(n0)
+        ctx, ids = queue.take(n0)
         it = torch.zeros(n0, dtype=torch.long, device=device)
         it_host = torch.zeros(n0, dtype=torch.long)
         lazy = sync_every > 1
@@ -549,8 +575,7 @@ class Attack:
             n_new = min(rows.numel(), queue.fill(rows.numel()))
             if n_new:
                 fill, fill_d = rows[:n_new], rows_d[:n_new]
-                start = queue.admitted
-                new = queue.take(n_new)
+                new, new_ids = queue.take(n_new)
                 if new.keys() != ctx.keys():
                     raise RuntimeError(
                         f"{type(self).__name__} keeps per-sample state {sorted(ctx)} but "
@@ -558,7 +583,7 @@ class Attack:
                     )
                 for name, t in ctx.items():
                     t.index_copy_(0, fill_d, new[name].to(t.dtype))
-                ids[fill] = torch.arange(start, start + n_new)
+                ids[fill] = new_ids
                 it.index_fill_(0, fill_d, 0)
                 it_host.index_fill_(0, fill, 0)
             # ... and drop the slots the queue could not refill
@@ -587,6 +612,7 @@ class _Chunk:
     labels: torch.Tensor
     max_left: torch.Tensor
     start: int  # the stream number of its first sample
+    order: torch.Tensor  # (host, long) its rows in the order they start
     size: int = field(init=False)
     left: int = field(init=False)  # samples not finished yet
 
@@ -596,7 +622,8 @@ class _Chunk:
 
 class _Queue:
     """The samples of a stream of chunks, numbered 0, 1, 2, … across chunks in order:
-    read lazily, started in order, finished in any order, handed back chunk by chunk."""
+    read lazily, started chunk by chunk (within a chunk, expected longest first), finished
+    in any order, handed back chunk by chunk."""
 
     def __init__(self, attack: Attack, chunks: Iterator, threshold: int | None, cap: int) -> None:
         self.attack, self.chunks, self.threshold, self.cap = attack, chunks, threshold, cap
@@ -618,20 +645,22 @@ class _Queue:
             self.read += chunk.size
         return self.read - self.admitted
 
-    def take(self, n: int) -> dict[str, torch.Tensor]:
-        """The state of the next ``n`` samples to start (new tensors, never views)."""
+    def take(self, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The next ``n`` samples to start: their state (new tensors, never views) and
+        their stream numbers ``(n,)`` (host, long). Chunks start in stream order, the
+        samples of a chunk in its :attr:`_Chunk.order`."""
         lo, hi = self.admitted, self.admitted + n
-        parts = [
-            self.attack._admit(
-                ch, max(lo, ch.start) - ch.start, min(hi, ch.start + ch.size) - ch.start
-            )
-            for ch in self.pending
-            if max(lo, ch.start) < min(hi, ch.start + ch.size)
-        ]
+        parts, ids = [], []
+        for ch in self.pending:
+            a, b = max(lo, ch.start) - ch.start, min(hi, ch.start + ch.size) - ch.start
+            if a < b:
+                rows = ch.order[a:b]
+                parts.append(self.attack._admit(ch, _upload(rows, ch.x0.device)))
+                ids.append(rows + ch.start)
         self.admitted = hi
         if len(parts) == 1:
-            return {name: t.clone() for name, t in parts[0].items()}
-        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+            return parts[0], ids[0]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}, torch.cat(ids)
 
     def finish(self, ids: torch.Tensor, final: dict[str, torch.Tensor]) -> None:
         """Write the final state of the samples ``ids`` (host, long) into their chunks."""
@@ -703,22 +732,22 @@ class LossAttack(Attack):
         ``"w"``), ``buf = 0.9·buf + d``, ``w = w − lr·buf``; in one fused pass where PyTorch
         has one (bit-identical to the three separate passes).
 
-        The fused kernel is used only when all three tensors are contiguous in the
-        standard layout (it walks their memory in lockstep, and makes standard-layout
-        copies of channels-last ones, which costs more than it saves); the separate
-        passes work in any layout."""
+        The fused kernel walks the three tensors' memory in lockstep, so it is given flat
+        views of them when all three are dense in the same layout (standard or
+        channels-last; it would make standard-layout copies of channels-last tensors,
+        which cost more than they save); otherwise the separate passes, which work in any
+        layout, are used."""
         lam = self.lam if self.penalty == "w" else 0.0
+        flat = [_flat_view(t) for t in (w, grad, buf)] if _FUSED_SGD is not None else [None]
         if (
-            _FUSED_SGD is not None
-            and w.dtype in _FUSED_DTYPES
+            w.dtype in _FUSED_DTYPES
             and grad.dtype == w.dtype
-            and w.is_contiguous()
-            and grad.is_contiguous()
-            and buf.is_contiguous()
+            and all(t is not None for t in flat)
+            and w.stride() == grad.stride() == buf.stride()
         ):
             _FUSED_SGD(
-                [w], [grad], [buf], weight_decay=lam, momentum=self.momentum, lr=self.lr,
-                dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
+                [flat[0]], [flat[1]], [flat[2]], weight_decay=lam, momentum=self.momentum,
+                lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
             )  # fmt: skip
             return w
         if lam > 0:
