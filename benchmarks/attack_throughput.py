@@ -41,8 +41,8 @@ iterations finish alone, where the model's throughput is lower).
 
 ``--scaling`` measures instead: the time of one iteration against the number of labels c
 (a linear head with c outputs on the built-in model's features), split into the model's
-forward and backward (the ceiling), the loss and success measure (TkMIA's loss with its
-gradient w.r.t. the scores, and the top-k success count) and the rest of the engine; and
+forward and backward (the ceiling), the loss and success measure (the gradient of TkMIA's
+loss w.r.t. the scores, and the top-k success count) and the rest of the engine; and
 throughput against the batch size. Both the model's pass and an attack iteration are
 sampled alternately within one TkMIA run whose learning rate is so small that no sample
 ever succeeds (so every sample runs every iteration): a bare pass of the model before
@@ -66,8 +66,8 @@ from torch import nn
 
 from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
 from tkmia.attacks.base import Attack, model_memory_format
-from tkmia.losses import tkmia_loss
-from tkmia.metrics import topk_mask
+from tkmia.losses import tkmia_grad
+from tkmia.metrics import topk_indices
 
 METHODS = ("tkmia", "tkmlapu", "mlcwu", "kfool")
 
@@ -347,16 +347,16 @@ def per_iteration(model: nn.Module, x, y, s, k: int, iters: int = 60) -> tuple[f
 
 
 def loss_and_measure(scores: torch.Tensor, y, s, k: int, reps: int) -> float:
-    """Seconds for the success check and the TkMIA loss with its gradient (per iteration)."""
+    """Seconds for the success check and the gradient of TkMIA's loss w.r.t. the scores, as
+    the attack computes them every iteration (the closed form, ``tkmia_grad``)."""
     spec = s.bool()
     lab = y.bool()
     max_left = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
 
     def once() -> None:
-        f = scores.detach().requires_grad_(True)
-        ok = (topk_mask(f.detach(), k) & spec).sum(dim=1) <= max_left
-        loss = tkmia_loss(f, lab, spec, k).sum()
-        torch.autograd.grad(loss, f)
+        f = scores.detach()
+        ok = spec.gather(1, topk_indices(f, k)).sum(dim=1) <= max_left
+        tkmia_grad(f, lab, spec, k)
         return ok
 
     for _ in range(10):

@@ -378,6 +378,22 @@ def test_pixel_map_is_the_tanh_change_of_variables_and_saturates_alike_at_0_and_
 
 
 @pytest.mark.parametrize("penalty", ["w", "pixel"])
+@pytest.mark.parametrize("cls", [TkMIA, TkMLAPU, MLCWU])
+def test_closed_form_objective_gradient_equals_autograd(cls, penalty, monkeypatch) -> None:
+    """The loss attacks step with the closed-form gradient of their objective; with
+    autograd's instead (objective_grad -> None) every result is the same, bit for bit."""
+    model = make_cnn()
+    x, y, s = make_problem(model, 12, K, n_relevant=4, n_specified=2)
+    atk = cls(model, K, lr=5.0 if cls is TkMIA else 50.0, lam=1e-3, max_iter=15, penalty=penalty)
+    closed = atk(x, y, s, threshold=1)
+    assert int(closed.success.sum()) > 0 and len(set(closed.iterations.tolist())) > 2
+    monkeypatch.setattr(cls, "objective_grad", lambda self, scores, ctx: None)
+    auto = atk(x, y, s, threshold=1)
+    assert torch.equal(closed.adv_images, auto.adv_images)
+    assert torch.equal(closed.iterations, auto.iterations)
+
+
+@pytest.mark.parametrize("penalty", ["w", "pixel"])
 def test_sgd_step_is_torch_sgd(penalty) -> None:
     """LossAttack's step is torch.optim.SGD's (momentum 0.9, weight decay λ on w)."""
     atk = TkMIA(make_cnn(), K, lr=0.3, lam=0.05, max_iter=5, penalty=penalty)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tkmia.losses import average_top_k, mlcw_loss, tkmia_loss, tkmlap_loss
+from tkmia.losses import (
+    average_top_k,
+    mlcw_grad,
+    mlcw_loss,
+    tkmia_grad,
+    tkmia_loss,
+    tkmlap_grad,
+    tkmlap_loss,
+)
 
 
 def _random_case(b: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,6 +133,76 @@ def test_gradcheck(name: str) -> None:
     }
     a = f.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(fns[name], (a,), eps=1e-6, atol=1e-6)
+
+
+def _autograd(loss, f: torch.Tensor) -> torch.Tensor:
+    a = f.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(a).sum(), a)
+    return g
+
+
+def _closed_and_autograd(f, y, s, k):
+    """(closed form, autograd of the loss) for the three losses."""
+    return [
+        (tkmia_grad(f, y, s, k), _autograd(lambda a: tkmia_loss(a, y, s, k), f)),
+        (tkmlap_grad(f, y, k), _autograd(lambda a: tkmlap_loss(a, y, k), f)),
+        (mlcw_grad(f, y), _autograd(lambda a: mlcw_loss(a, y), f)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("c", [5, 20, 81])
+def test_closed_form_gradients_equal_autograd(c: int, dtype: torch.dtype) -> None:
+    """What the attacks step with: bit for bit autograd's gradient of the loss, for every k
+    (both branches of average_top_k)."""
+    f, y, s = _random_case(8, c, seed=200 + c)
+    f = f.to(dtype)
+    for k in range(1, c):
+        for closed, auto in _closed_and_autograd(f, y, s, k):
+            assert closed.dtype == dtype and closed.shape == f.shape
+            assert torch.equal(closed, auto)
+
+
+def test_closed_form_gradients_at_ties_and_edges() -> None:
+    """Ties in the max over S / min over R split the gradient evenly (as autograd's
+    amax/amin); ML-CW-U's hinge gives 0 at a gap of exactly 0 (the loss is 0 there) and
+    when the targets cover every label."""
+    f = torch.tensor(
+        [
+            [3.0, 3.0, 1.0, 0.5, 0.5, -1.0],  # S = {0, 1} tied at the max, R = {3, 4} tied
+            [1.0, 0.0, 1.0, 2.0, 3.0, 4.0],  # gap 0 for ML-CW-U: max_Y = min_{∉Y} = 1
+        ],
+        dtype=torch.float64,
+    )
+    y = torch.tensor([[1, 1, 0, 1, 1, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.float64)
+    s = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    for closed, auto in _closed_and_autograd(f, y, s, 2):
+        torch.testing.assert_close(closed, auto, rtol=0, atol=1e-15)
+    hide = tkmlap_grad(f, s, 2)
+    assert hide[0, 0] == hide[0, 1] == pytest.approx(0.5)  # +1 split between the tied max
+    assert mlcw_grad(f, y)[0].tolist() == [0.5, 0.5, 0.0, 0.0, 0.0, -1.0]
+    assert mlcw_grad(f, y)[1].abs().sum() == 0
+    assert mlcw_grad(f, torch.ones_like(y)).abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["tkmia", "tkmlap", "mlcw"])
+def test_closed_form_gradients_against_finite_differences(name: str) -> None:
+    f, y, s = _random_case(4, 9, seed=5)
+    k = 3
+    loss, grad = {
+        "tkmia": (lambda a: tkmia_loss(a, y, s, k), tkmia_grad(f, y, s, k)),
+        "tkmlap": (lambda a: tkmlap_loss(a, y, k), tkmlap_grad(f, y, k)),
+        "mlcw": (lambda a: mlcw_loss(a, y), mlcw_grad(f, y)),
+    }[name]
+    h = 1e-6
+    numeric = torch.zeros_like(f)
+    for i in range(f.shape[0]):
+        for j in range(f.shape[1]):
+            step = torch.zeros_like(f)
+            step[i, j] = h
+            numeric[i, j] = (loss(f + step).sum() - loss(f - step).sum()) / (2 * h)
+    torch.testing.assert_close(grad, numeric, rtol=0, atol=1e-6)
+    assert grad.abs().sum() > 0
 
 
 def test_losses_are_per_sample() -> None:

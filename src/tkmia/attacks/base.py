@@ -716,15 +716,28 @@ class LossAttack(Attack):
         """The per-sample loss ``(n,)`` to minimise, from scores ``(n, c)``."""
         raise NotImplementedError
 
+    def objective_grad(
+        self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]
+    ) -> torch.Tensor | None:
+        """The gradient ``(n, c)`` of ``objective(scores, ctx).sum()`` w.r.t. the (detached)
+        ``scores``, in closed form; ``None`` (the default): autograd differentiates
+        :meth:`objective`. The built-in attacks give it (``tkmia.losses.*_grad``)."""
+        return None
+
     def _prepare(self, clean_scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> None:
         ctx["momentum_buffer"] = torch.zeros_like(ctx["x0"])
 
     def _update(self, x_adv, scores, ctx):
         w = ctx["v"]
-        loss = self.objective(scores, ctx).sum()
+        d_scores = self.objective_grad(scores.detach(), ctx)
+        if d_scores is None:
+            outputs, grads = [self.objective(scores, ctx).sum()], [None]
+        else:
+            outputs, grads = [scores], [d_scores]
         if self.penalty == "pixel" and self.lam > 0:
-            loss = loss + 0.5 * self.lam * (x_adv - ctx["x0"]).pow(2).sum()
-        (grad,) = torch.autograd.grad(loss, w)
+            outputs.append(0.5 * self.lam * (x_adv - ctx["x0"]).pow(2).sum())
+            grads.append(None)
+        (grad,) = torch.autograd.grad(outputs, w, grads)
         return self._constrain(self._sgd_step(w.detach(), grad, ctx["momentum_buffer"]), ctx)
 
     def _sgd_step(self, w: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:

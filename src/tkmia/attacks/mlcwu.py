@@ -9,7 +9,7 @@ from torch import nn
 
 from tkmia.attacks.base import EPS, LossAttack, _check_positive, _to_pixels
 from tkmia.attacks.targets import check_targets, target_mask
-from tkmia.losses import mlcw_loss
+from tkmia.losses import mlcw_grad, mlcw_loss
 
 
 class MLCWU(LossAttack):
@@ -39,6 +39,9 @@ class MLCWU(LossAttack):
 
     def objective(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return mlcw_loss(scores, target_mask(self.baseline_targets, ctx))
+
+    def objective_grad(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mlcw_grad(scores, target_mask(self.baseline_targets, ctx))
 
     def _constrain(self, w: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.eps is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tkmia.attacks.base import LossAttack
-from tkmia.losses import tkmia_loss
+from tkmia.losses import tkmia_grad, tkmia_loss
 
 
 class TkMIA(LossAttack):
@@ -25,3 +25,6 @@ class TkMIA(LossAttack):
 
     def objective(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return tkmia_loss(scores, ctx["labels"], ctx["specified"], self.k)
+
+    def objective_grad(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        return tkmia_grad(scores, ctx["labels"], ctx["specified"], self.k)

@@ -9,7 +9,7 @@ from torch import nn
 
 from tkmia.attacks.base import LossAttack
 from tkmia.attacks.targets import check_targets, target_mask
-from tkmia.losses import tkmlap_loss
+from tkmia.losses import tkmlap_grad, tkmlap_loss
 
 
 class TkMLAPU(LossAttack):
@@ -35,3 +35,6 @@ class TkMLAPU(LossAttack):
 
     def objective(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return tkmlap_loss(scores, target_mask(self.baseline_targets, ctx), self.k)
+
+    def objective_grad(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        return tkmlap_grad(scores, target_mask(self.baseline_targets, ctx), self.k)
