@@ -664,19 +664,22 @@ class _Queue:
 
     def finish(self, ids: torch.Tensor, final: dict[str, torch.Tensor]) -> None:
         """Write the final state of the samples ``ids`` (host, long) into their chunks."""
+        numbers = ids.tolist()
         for ch in self.pending:
-            mine = (ids >= ch.start) & (ids < ch.start + ch.size)
-            count = int(mine.sum())
-            if not count:
+            picks = [i for i, n in enumerate(numbers) if ch.start <= n < ch.start + ch.size]
+            if not picks:
                 continue
             device = ch.result.success.device
-            pick = _upload(torch.nonzero(mine).flatten(), device)
-            rows = _upload(ids[mine] - ch.start, device)
-            ch.result.adv_images[rows] = final["x"][pick].to(ch.result.adv_images.dtype)
-            ch.result.adv_scores[rows] = final["scores"][pick]
-            ch.result.success[rows] = final["ok"][pick]
-            ch.result.iterations[rows] = final["it"][pick]
-            ch.left -= count
+            mine = final
+            if len(picks) < len(numbers):
+                pick = _upload(torch.tensor(picks), device)
+                mine = {name: t[pick] for name, t in final.items()}
+            rows = _upload(torch.tensor([numbers[i] - ch.start for i in picks]), device)
+            ch.result.adv_images[rows] = mine["x"].to(ch.result.adv_images.dtype)
+            ch.result.adv_scores[rows] = mine["scores"]
+            ch.result.success[rows] = mine["ok"]
+            ch.result.iterations[rows] = mine["it"]
+            ch.left -= len(picks)
 
     def ready(self) -> Iterator[AttackResult]:
         """Hand back, in order, the chunks at the head whose samples have all finished."""
