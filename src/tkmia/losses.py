@@ -102,15 +102,16 @@ def mlcw_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return gap.squeeze(1).clamp(min=0)
 
 
-def _argmax_share(f: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
-    """``(B, c)``: 1 on the entry where the max (``largest``) or min of ``f`` over ``mask``
-    is attained, split evenly among tied entries (as autograd's ``amax``/``amin``); a row
-    with an empty mask is all 0."""
+def _argmax_share(
+    f: torch.Tensor, mask: torch.Tensor, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The max (``largest``) or min of ``f`` over ``mask``, ``(B, 1)``, and ``(B, c)``: 1 on
+    the entry where it is attained, split evenly among tied entries (as autograd's
+    ``amax``/``amin``); a row with an empty mask is all 0 (its extremum is ∓inf)."""
     mask = mask.bool()
-    masked = f.masked_fill(~mask, float("-inf") if largest else float("inf"))
-    best = masked.amax(dim=1, keepdim=True) if largest else masked.amin(dim=1, keepdim=True)
-    at = ((masked == best) & mask).to(f.dtype)
-    return at.div_(at.sum(dim=1, keepdim=True).clamp_(min=1))
+    best = _masked_max(f, mask) if largest else _masked_min(f, mask)
+    at = ((f == best) & mask).to(f.dtype)
+    return best, at.div_(at.sum(dim=1, keepdim=True).clamp_(min=1))
 
 
 def _top_share(f: torch.Tensor, top: torch.Tensor, m: int, inside: bool) -> torch.Tensor:
@@ -125,7 +126,7 @@ def _hide_grad(f: torch.Tensor, targets: torch.Tensor, k: int, top: torch.Tensor
     top-k indices ``top``: ``−1/(c−k)`` on the ``c − k`` other scores and their sum, ``+1``,
     on ``argmax_T f``."""
     g = _top_share(f, top, f.shape[1] - k, inside=False).neg_()
-    return g.sub_(g.sum(dim=1, keepdim=True) * _argmax_share(f, targets, largest=True))
+    return g.sub_(g.sum(dim=1, keepdim=True) * _argmax_share(f, targets, largest=True)[1])
 
 
 def tkmia_grad(
@@ -137,7 +138,7 @@ def tkmia_grad(
     top = scores.topk(k, dim=1).indices
     promote = _top_share(scores, top, k, inside=True)
     remaining = labels.bool() & ~specified.bool()
-    promote.sub_(promote.sum(dim=1, keepdim=True) * _argmax_share(scores, remaining, False))
+    promote.sub_(promote.sum(dim=1, keepdim=True) * _argmax_share(scores, remaining, False)[1])
     return _hide_grad(scores, specified, k, top).add_(promote)
 
 
@@ -152,6 +153,6 @@ def mlcw_grad(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     (``max_T f > min_{∉T} f``; at a gap of exactly 0 the loss is 0 and so is the gradient,
     as autograd's ``clamp`` has it), else 0."""
     targets = targets.bool()
-    gap = _masked_max(scores, targets) - _masked_min(scores, ~targets)
-    g = _argmax_share(scores, targets, True).sub_(_argmax_share(scores, ~targets, False))
-    return g.mul_(gap > 0)
+    top, g = _argmax_share(scores, targets, True)
+    bottom, g_bottom = _argmax_share(scores, ~targets, False)
+    return g.sub_(g_bottom).mul_(top > bottom)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tkmia.errors import InputError
+from tkmia.losses import _masked_max
 from tkmia.metrics import topk_indices, topk_mask
 
 __all__ = ["Attack", "AttackResult", "LossAttack", "model_memory_format"]
@@ -446,9 +447,9 @@ class Attack:
         the built-in benchmark the margin's Spearman correlation with the iterations
         taken is about 0.8). Results never depend on the order.
         """
-        kth = clean_scores.topk(self.k + 1, dim=1).values[:, -1]
-        best = clean_scores.masked_fill(~specified, float("-inf")).amax(dim=1)
-        return (best - kth).argsort(descending=True, stable=True).cpu()
+        kth = clean_scores.topk(self.k + 1, dim=1).values[:, -1:]
+        margin = (_masked_max(clean_scores, specified) - kth).squeeze(1)
+        return margin.argsort(descending=True, stable=True).cpu()
 
     def _flags_reader(self, flags: torch.Tensor) -> Callable[[], torch.Tensor] | None:
         """Start copying the ``(n,)`` bool ``flags`` to the host; returns the wait for them.
