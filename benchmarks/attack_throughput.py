@@ -92,7 +92,7 @@ def builtin_problem(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, 
     from tkmia.protocol import select_random
 
     model = builtin_model(args.device)
-    data = Digits("val")
+    data = Digits(args.split)
     x = data.images.float().div(255)
     if args.image_size != x.shape[-1]:
         x = nn.functional.interpolate(x, size=args.image_size, mode="bilinear").clamp(0, 1)
@@ -103,7 +103,7 @@ def builtin_problem(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, 
     spec, ok = select_random(y, clean, args.n, args.k, args.seed, range(len(x)))
     idx = torch.nonzero(ok).flatten()[: args.images]
     if len(idx) < args.images:
-        raise SystemExit(f"only {len(idx)} eligible images in the val split")
+        raise SystemExit(f"only {len(idx)} eligible images in the {args.split} split")
     return model, x[idx], y[idx], spec[idx].float()
 
 
@@ -416,6 +416,13 @@ def main() -> None:
         type=int,
         default=None,
         help="images to attack (default: 640 builtin, of the 661 eligible, 8 resnets)",
+    )
+    parser.add_argument(
+        "--split",
+        default="val",
+        choices=["train", "val", "test"],
+        help="built-in dataset split of the images (eligible at k = 3, |S| = 1: val 661, "
+        "test 1279)",
     )
     parser.add_argument(
         "--chunk-size",
