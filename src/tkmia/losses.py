@@ -114,18 +114,18 @@ def _argmax_share(
     return best, at.div_(at.sum(dim=1, keepdim=True).clamp_(min=1))
 
 
-def _top_share(f: torch.Tensor, top: torch.Tensor, m: int, inside: bool) -> torch.Tensor:
-    """``(B, c)``: ``1/m`` on the entries ``top`` (``inside``) or on all the others."""
-    g = torch.full_like(f, 1.0 if not inside else 0.0)
-    g.scatter_(1, top, 1.0 if inside else 0.0)
-    return g.div_(m)
+def _top_mask(f: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, c)`` in ``f``'s dtype: 1 on the top-k scores (:func:`torch.topk`'s), else 0."""
+    return torch.zeros_like(f).scatter_(1, f.topk(k, dim=1).indices, 1.0)
 
 
-def _hide_grad(f: torch.Tensor, targets: torch.Tensor, k: int, top: torch.Tensor) -> torch.Tensor:
+def _hide_grad(
+    f: torch.Tensor, targets: torch.Tensor, k: int, in_top: torch.Tensor
+) -> torch.Tensor:
     """Gradient of ``ATk_{c−k}(max_T f − f)`` (summed over samples) w.r.t. ``f``, given the
-    top-k indices ``top``: ``−1/(c−k)`` on the ``c − k`` other scores and their sum, ``+1``,
-    on ``argmax_T f``."""
-    g = _top_share(f, top, f.shape[1] - k, inside=False).neg_()
+    top-k as the mask ``in_top`` (:func:`_top_mask`): ``−1/(c−k)`` on the ``c − k`` other
+    scores and their sum, ``+1``, on ``argmax_T f``."""
+    g = (in_top - 1).div_(f.shape[1] - k)
     return g.sub_(g.sum(dim=1, keepdim=True) * _argmax_share(f, targets, largest=True)[1])
 
 
@@ -135,16 +135,16 @@ def tkmia_grad(
     """Gradient ``(B, c)`` of ``tkmia_loss(scores, labels, specified, k).sum()`` w.r.t.
     ``scores``: ``+1/k`` on the top-k, ``−1/(c−k)`` elsewhere, ``+1`` on the best
     specified label and ``−1`` on the worst remaining relevant one."""
-    top = scores.topk(k, dim=1).indices
-    promote = _top_share(scores, top, k, inside=True)
+    in_top = _top_mask(scores, k)
+    promote = in_top / k
     remaining = labels.bool() & ~specified.bool()
     promote.sub_(promote.sum(dim=1, keepdim=True) * _argmax_share(scores, remaining, False)[1])
-    return _hide_grad(scores, specified, k, top).add_(promote)
+    return _hide_grad(scores, specified, k, in_top).add_(promote)
 
 
 def tkmlap_grad(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """Gradient ``(B, c)`` of ``tkmlap_loss(scores, targets, k).sum()`` w.r.t. ``scores``."""
-    return _hide_grad(scores, targets, k, scores.topk(k, dim=1).indices)
+    return _hide_grad(scores, targets, k, _top_mask(scores, k))
 
 
 def mlcw_grad(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -481,8 +481,9 @@ class Attack:
         evaluates the current iterate of every slot, flags (on the device) the slots that
         succeed, give up or reach ``max_iter``, and takes an update step. Every
         ``sync_every`` iterations the host reads the flags, writes the finished samples'
-        results, refills their slots in place from the queue (stream order), yields the
-        chunks that are complete and, once the stream is dry, compacts the working set.
+        results, refills their slots in place from the queue (chunk by chunk, each in its
+        admission order), yields the chunks that are complete and, once the stream is dry,
+        compacts the working set.
         Between two checks a finished slot keeps its first final iterate in ``kept``
         (masked writes) and its ``v`` is frozen.
         """
@@ -755,16 +756,17 @@ class LossAttack(Attack):
         which cost more than they save); otherwise the separate passes, which work in any
         layout, are used."""
         lam = self.lam if self.penalty == "w" else 0.0
-        flat = [_flat_view(t) for t in (w, grad, buf)] if _FUSED_SGD is not None else [None]
         if (
-            w.dtype in _FUSED_DTYPES
+            _FUSED_SGD is not None
+            and w.dtype in _FUSED_DTYPES
             and grad.dtype == w.dtype
-            and all(t is not None for t in flat)
             and w.stride() == grad.stride() == buf.stride()
+            and _flat_view(w) is not None  # then so are grad and buf: same shape and strides
         ):
             _FUSED_SGD(
-                [flat[0]], [flat[1]], [flat[2]], weight_decay=lam, momentum=self.momentum,
-                lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
+                [_flat_view(w)], [_flat_view(grad)], [_flat_view(buf)], weight_decay=lam,
+                momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False,
+                maximize=False, is_first_step=False,
             )  # fmt: skip
             return w
         if lam > 0:

@@ -426,8 +426,8 @@ class _ChunkReader:
     """The ``(images, labels, specified)`` of each chunk (positions into ``indices``), read
     from the dataset only when the attack's stream asks for it. ``read`` keeps each chunk's
     ``(positions, dataset indices, images, labels)`` until its result comes back (results
-    come back in chunk order); ``seconds`` adds up
-    the time spent reading (the runner keeps it out of the attack's time)."""
+    come back in chunk order); ``seconds`` adds up the time spent reading (the runner
+    keeps it out of the attack's time)."""
 
     def __init__(self, dataset, indices, specified, chunks, device) -> None:
         self.dataset, self.indices, self.specified = dataset, indices, specified
