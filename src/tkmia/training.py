@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tkmia.errors import InputError
+from tkmia.files import atomic_path
 from tkmia.metrics import mean_average_precision
 from tkmia.models.checkpoint import save_checkpoint
 
@@ -198,14 +199,13 @@ def train_model(
             best_map = test_map
             save_checkpoint(out / "best.safetensors", model, epoch_meta)
         save_checkpoint(out / "last.safetensors", model, epoch_meta)
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "epoch": epoch, "best_map": best_map,
-             "history": json.dumps(history), "config": asdict(config),
-             "classes": list(meta["classes"])},
-            tmp,
-        )
-        tmp.replace(state_path)
+        with atomic_path(state_path) as tmp:
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "epoch": epoch, "best_map": best_map,
+                 "history": json.dumps(history), "config": asdict(config),
+                 "classes": list(meta["classes"])},
+                tmp,
+            )
         log(f"epoch {epoch + 1}/{config.epochs}: loss {running / max(seen, 1):.4f}, "
             f"test mAP {test_map:.4f}{' (best)' if improved else ''}, "
             f"{history[-1]['seconds']:.1f} s")

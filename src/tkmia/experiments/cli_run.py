@@ -213,6 +213,7 @@ def run_command(args: argparse.Namespace) -> int:
     from tkmia.experiments.distributed import init_from_env, shutdown
     from tkmia.experiments.runner import RunConfig, run
     from tkmia.experiments.selection import DEFAULT_SCOPE, DEFAULT_TOL, check_rule, save_rule
+    from tkmia.files import remove_stale_temporaries
     from tkmia.models import builtin_model, load_model
     from tkmia.reports.render import render
 
@@ -301,6 +302,8 @@ def run_command(args: argparse.Namespace) -> int:
         if dist.is_main:
             save_rule(out, "success", select_tol, select_scope)
             print(render(out, rows=rows, classes=classes))
+            # every rank is past run()'s last barrier: none can still be writing here
+            remove_stale_temporaries(out)
             print(f"results: {out}")
     finally:
         shutdown(dist)

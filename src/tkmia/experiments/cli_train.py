@@ -28,6 +28,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     from tkmia.data.factory import DATASETS, EVAL_SPLIT, TRAIN_SPLIT, open_dataset
     from tkmia.experiments.cli_run import _check_writable
+    from tkmia.files import remove_stale_temporaries
     from tkmia.models import (
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -122,6 +123,7 @@ def train_command(args: argparse.Namespace) -> int:
           f"images, {len(classes)} classes, {arch}, {config.epochs} epochs -> {out}", flush=True)
     best = train_model(model, train_set, test_set, config, out, meta, device=device,
                        progress=not args.no_progress and sys.stderr.isatty())
+    remove_stale_temporaries(Path(out))  # what an interrupted earlier run left
     print(f"best checkpoint: {Path(out) / 'best.safetensors'} (epoch {best['epoch']}, "
           f"test mAP {best['test_map']:.4f})")
     return 0

@@ -23,6 +23,7 @@ import torch
 
 from tkmia.attacks import AttackResult
 from tkmia.errors import InputError
+from tkmia.files import write_text_atomic
 from tkmia.metrics import ap_at_k, ndcg_at_k, precision_at_k, removed_count, topk_accuracy
 
 MEASURES = {
@@ -187,13 +188,7 @@ def drop_records(path: Path, indices: set[int]) -> int:
     keep = [r for r in records if int(r["index"]) not in indices]
     if len(keep) == len(records):
         return 0
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    data = "".join(json.dumps(rec, allow_nan=True) + "\n" for rec in keep)
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(rec, allow_nan=True) + "\n" for rec in keep))
     return len(records) - len(keep)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 import time
 from collections import deque
@@ -52,6 +51,7 @@ from tkmia.experiments.records import (
     summarise,
 )
 from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.files import atomic_path, write_text_atomic
 from tkmia.metrics import removed_count
 from tkmia.protocol import select_global, select_random
 
@@ -236,24 +236,13 @@ def _check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> Non
             return
         if not write:
             raise InputError(f"{str(path)!r} is missing (rank 0 should have written it)")
-        _write_text(path, json.dumps(config, indent=2, sort_keys=True))
+        write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True))
     except OSError as err:
         raise InputError(f"cannot write results to {str(out)!r}: {err.strerror}") from None
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``path`` atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_text(path, json.dumps(data, indent=2, sort_keys=True))
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _save_examples(
@@ -273,10 +262,8 @@ def _save_examples(
         "adv_scores": result.adv_scores.cpu().contiguous(),
         "success": result.success.cpu(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 @torch.no_grad()
@@ -569,7 +556,7 @@ def write_summary(out: Path, rows: list[dict[str, Any]], name: str = "summary.cs
     for row in rows:
         writer.writerow({key: _fmt(row.get(key, math.nan)) for key in SUMMARY_COLUMNS})
     path = out / name
-    _write_text(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 

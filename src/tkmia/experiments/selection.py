@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tkmia.errors import InputError
+from tkmia.files import write_text_atomic
 
 RULES = ("success",)
 SCOPES = ("setting", "all")
@@ -155,10 +155,7 @@ def save_rule(out: Path, rule: str = "success", tol: float = DEFAULT_TOL,
     """Store the rule in ``out/selection.json`` (atomically)."""
     check_rule(rule, tol, scope)
     data = {"rule": rule, "tol": tol, "scope": scope, "text": rule_text(rule, tol, scope)}
-    path = out / RULE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(out / RULE_FILE, json.dumps(data, indent=2, sort_keys=True))
 
 
 def load_rule(out: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tkmia.errors import InputError, MissingFileError
+from tkmia.files import atomic_path
 
 REQUIRED_META = ("arch", "classes", "image_size", "mean", "std")
 
@@ -43,15 +44,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise ValueError(f"checkpoint metadata lacks {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    side = sidecar_path(path)
-    side_tmp = side.with_name(side.name + ".tmp")
-    side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    tmp.replace(path)
-    side_tmp.replace(side)
+    # both written before either is renamed; the weights are renamed first
+    with atomic_path(sidecar_path(path)) as side_tmp:
+        side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
     return path
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tkmia.experiments.records import MEASURES  # noqa: E402
 from tkmia.experiments.settings import METHOD_TITLES  # noqa: E402
+from tkmia.files import atomic_path  # noqa: E402
 
 SHORT = {"tkacc": "TkAcc", "p_at_k": "P@k", "map_at_k": "AP@k", "ndcg_at_k": "NDCG@k"}
 
@@ -112,11 +113,11 @@ def example_figure(
 
 def _save(fig, out_png: Path, dpi: int) -> None:
     """Save atomically (a temporary file, then a rename) and close the figure."""
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
 
 
 #: (summary column, axis label, file name) of the bar charts, in the paper's order.

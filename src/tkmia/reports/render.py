@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from tkmia.errors import InputError
+from tkmia.files import write_text_atomic
 
 
 def _load_rows(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -86,8 +86,8 @@ def render(
             stale.unlink()
         text = markdown_tables(rows)
         tex = latex_tables(rows)
-    _write(out / "summary.md", intro + text)
-    _write(out / "summary.tex", tex)
+    write_text_atomic(out / "summary.md", intro + text)
+    write_text_atomic(out / "summary.tex", tex)
     measure_bars(selected, out / "figures")
     if classes:
         from tkmia.experiments.settings import MethodConfig
@@ -123,12 +123,6 @@ def _setting_key(row: dict[str, Any]) -> str:
     if row["scheme"] == "global":
         return Setting("global", int(row["k"]), group=row["group"]).key
     return Setting("random", int(row["k"]), n=int(row["n"]), threshold=int(row["threshold"])).key
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def report_command(args: argparse.Namespace) -> int:
