@@ -68,6 +68,7 @@ from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
 from tkmia.attacks.base import Attack, model_memory_format
 from tkmia.losses import tkmia_grad
 from tkmia.metrics import topk_indices
+from tkmia.runtime import retain_freed_memory
 
 METHODS = ("tkmia", "tkmlapu", "mlcwu", "kfool")
 
@@ -454,6 +455,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scaling", action="store_true")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc settings as they are (tkmia run/train change them, see "
+        "tkmia.runtime); both the ceiling and the attacks are slower then",
+    )
     parser.add_argument("--classes-list", default="20,100,300,1000")
     parser.add_argument("--batch-list", default="1,4,16,64,128")
     args = parser.parse_args()
@@ -467,8 +474,10 @@ def main() -> None:
     args.batch_list = [int(c) for c in args.batch_list.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
+    retained = False if args.system_malloc else retain_freed_memory()
     print(
         f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+        f"malloc keeps freed memory (as tkmia run): {retained}, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     t = time.perf_counter()

@@ -124,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tkmia` command; returns the exit code."""
     try:
         args = _build_parser().parse_args(argv)
+        if args.command in ("run", "train"):
+            from tkmia.runtime import retain_freed_memory
+
+            retain_freed_memory()  # no page faults on every iteration's tensors
         if args.command == "run":
             from tkmia.experiments.cli_run import run_command
 
