@@ -49,6 +49,10 @@ ever succeeds (so every sample runs every iteration): a bare pass of the model b
 every second iteration, and the interval between consecutive forward passes less that
 probe; the medians are shown.
 
+Like ``tkmia run``, the benchmark first makes glibc's malloc keep freed memory
+(:func:`tkmia.runtime.retain_freed_memory`), which speeds up the ceiling and the attacks
+alike; ``--system-malloc`` leaves glibc's defaults, for comparison.
+
 Other processes loading the CPU make the numbers noisy; the load average is printed, and
 ``--threads 1`` avoids the collapse of oversubscribed threads on a loaded 2-core machine.
 """
