@@ -51,6 +51,7 @@ def test_only_temporaries_of_ended_processes_are_removed(tmp_path) -> None:
         stale = [
             tmp_path / f".selection.json.{dead}.tmp",
             tmp_path / "records" / "s" / f".m.jsonl.{dead}.tmp",
+            tmp_path / f".a.json.{10**30}.tmp",  # no process can have that pid
         ]
         kept = [
             tmp_path / f".summary.csv.{os.getpid()}.tmp",  # this process's, being written

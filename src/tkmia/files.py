@@ -56,14 +56,13 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+    """Whether a process ``pid`` exists on this host (signal 0 checks without sending)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none, or no possible pid
         return False
-    except OSError:  # exists, owned by another user
-        return True
+    except PermissionError:  # exists, owned by another user
+        pass
     return True
 
 
