@@ -148,7 +148,7 @@ def head_model(c: int, device: str) -> nn.Module:
 # ------------------------------------------------------------------------ timing
 def sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
@@ -294,6 +294,13 @@ class Stamped(nn.Module):
     one bare forward + backward pass of the model on the probe batch (the ceiling), timed
     and kept out of the iteration's own time: the ceiling is sampled throughout the
     attack's run, under the same load as the attack itself.
+
+    On CUDA the host only queues the work, so a probe is timed between two synchronisations
+    (the first one waits for the attack's queued iterations, whose time stays in the span of
+    the iteration before the probe); with ``sync_each`` every pass starts with one, so that
+    each span is the time of one whole iteration. Spans without it are host times: their
+    sum over many iterations is right, each one alone is not (the full-batch / tail split is
+    approximate on a GPU).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -301,23 +308,35 @@ class Stamped(nn.Module):
         self.model = model
         self.reset()
 
-    def reset(self, probe: torch.Tensor | None = None, every: int = 4, passes: int = 1) -> None:
+    def reset(
+        self,
+        probe: torch.Tensor | None = None,
+        every: int = 4,
+        passes: int = 1,
+        sync_each: bool = False,
+    ) -> None:
         self.starts: list[float] = []
         self.batches: list[int] = []
         self.probes: list[float] = []
         self.probed: list[float] = []  # probe time spent just before each recorded pass
         self.probe, self.every, self.passes = probe, every, passes
+        self.sync_each = sync_each
         if probe is not None:
             self.probe = probe.contiguous(memory_format=model_memory_format(self.model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():  # an attack iteration, not the scoring of clean images
             spent = 0.0
+            device = str(x.device)
             if self.probe is not None and len(self.starts) % self.every == 0:
+                sync(device)
                 t = time.perf_counter()
                 bare_pass(self.model, self.probe, self.passes)
+                sync(device)
                 spent = time.perf_counter() - t
                 self.probes.append(spent)
+            elif self.sync_each:
+                sync(device)
             self.starts.append(time.perf_counter())
             self.batches.append(x.shape[0])
             self.probed.append(spent)
@@ -343,7 +362,7 @@ def per_iteration(model: nn.Module, x, y, s, k: int, iters: int = 60) -> tuple[f
     stamped = Stamped(model)
     atk = TkMIA(stamped, k, lr=1e-12, lam=0.0, max_iter=iters)
     atk(x, y, s)  # warm-up
-    stamped.reset(x, every=2)
+    stamped.reset(x, every=2, sync_each=True)
     atk(x, y, s)
     starts, probed = stamped.starts, stamped.probed
     spans = sorted(b - a - p for a, b, p in zip(starts, starts[1:], probed[1:], strict=False))
