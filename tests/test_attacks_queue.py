@@ -136,41 +136,120 @@ class _FirstInputs(nn.Module):
         return self.model(x)
 
 
-def _margin_order(scores: torch.Tensor, s: torch.Tensor) -> list[int]:
-    """Brute force: samples by decreasing ``max_S f − f_[k+1]``, ties in the given order."""
-    margins = []
-    for i in range(scores.shape[0]):
-        ranked = sorted(scores[i].tolist(), reverse=True)
-        best = max(v for v, m in zip(scores[i].tolist(), s[i].tolist(), strict=True) if m)
-        margins.append(best - ranked[K])
-    return sorted(range(len(margins)), key=lambda i: -margins[i])
+def _margins(scores: torch.Tensor, s: torch.Tensor) -> list[float]:
+    """Brute force: ``max_S f − f_[k+1]`` per sample."""
+    out = []
+    for f, m in zip(scores.tolist(), s.tolist(), strict=True):
+        out.append(max(v for v, b in zip(f, m, strict=True) if b) - sorted(f, reverse=True)[K])
+    return out
 
 
-def test_samples_of_a_chunk_start_longest_expected_first() -> None:
-    """Within each chunk, samples start by decreasing clean margin of their best specified
-    label over the (k+1)-th score; chunks still start one after the other."""
+def _tkmia_losses(scores: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> list[float]:
+    """Brute force: ``mean of the c − k largest (max_S f − f_j) + mean of the k largest
+    (f_j − min_R f)`` per sample, ``R = Y \\ S``."""
+    out = []
+    for f, lab, spec in zip(scores.tolist(), y.tolist(), s.tolist(), strict=True):
+        c = len(f)
+        top_s = max(v for v, b in zip(f, spec, strict=True) if b)
+        low_r = min(v for v, a, b in zip(f, lab, spec, strict=True) if a and not b)
+        hide = sorted((top_s - v for v in f), reverse=True)[: c - K]
+        promote = sorted((v - low_r for v in f), reverse=True)[:K]
+        out.append(sum(hide) / (c - K) + sum(promote) / K)
+    return out
+
+
+def _by_need(need: list[float], offset: int = 0) -> list[int]:
+    """Sample numbers by decreasing expected need, ties in the given order."""
+    return [offset + i for i in sorted(range(len(need)), key=lambda i: -need[i])]
+
+
+def _start_order(atk: Attack, chunks, as_list: bool, bs: int = 5) -> list[list[int]]:
+    """The samples (numbers in the stream) that start at each attack iteration of a
+    stream of ``chunks`` (given as a list, or as an iterator without a length)."""
+    x = torch.cat([c[0] for c in chunks])
+    rec = _FirstInputs(atk.model)
+    atk.model = rec
+    list(atk.stream(chunks if as_list else iter(chunks), threshold=1, batch_size=bs))
+    seen: set[int] = set()
+    newcomers = []
+    for batch in rec.inputs:
+        dist = (batch.flatten(1)[:, None] - x.flatten(1)[None]).abs().amax(dim=2)
+        new = [i for i in dist.argmin(dim=1).tolist() if i not in seen]
+        seen.update(new)
+        newcomers.append(new)
+    return newcomers
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+@pytest.mark.parametrize("name", ["tkmlapu", "tkmia"])
+def test_samples_start_longest_expected_first(name: str, as_list: bool) -> None:
+    """Samples start by decreasing expected need: chunk by chunk, except that the last two
+    chunks of a stream whose length is known start as one. The expected need is the clean
+    margin of the best specified label over the (k+1)-th score, for TkMIA its loss."""
     model = make_cnn()
-    x, y, s = make_problem(model, 2 * B, K, n_relevant=4, n_specified=2)
+    x, y, s = make_problem(model, 2 * B + B // 2, K, n_relevant=4, n_specified=2)
     with torch.no_grad():
         scores = model(x)
-    rec = _FirstInputs(model)
-    atk = TkMIA(rec, K, lr=1e-9, lam=0.0, max_iter=2)  # nobody succeeds: 3 passes each
-    chunks = [(x[:B], y[:B], s[:B]), (x[B:], y[B:], s[B:])]
-    bs = 5
-    list(atk.stream(chunks, threshold=1, batch_size=bs))
-
-    def which(batch: torch.Tensor) -> list[int]:
-        dist = (batch.flatten(1)[:, None] - x.flatten(1)[None]).abs().amax(dim=2)
-        return dist.argmin(dim=1).tolist()
-
-    started = []  # samples in the order they first appear
-    for batch in rec.inputs:
-        started += [i for i in which(batch) if i not in started]
-    first = _margin_order(scores[:B], s[:B])
-    second = [B + i for i in _margin_order(scores[B:], s[B:])]
-    assert started == first + second
-    assert which(rec.inputs[0]) == first[:bs]
+    need = (_tkmia_losses if name == "tkmia" else lambda f, y, s: _margins(f, s))(scores, y, s)
+    cls = TkMIA if name == "tkmia" else TkMLAPU
+    atk = cls(model, K, lr=1e-9, lam=0.0, max_iter=2)  # nobody succeeds: 3 passes each
+    newcomers = _start_order(atk, _cut(x, y, s, [B, B, B // 2]), as_list)
+    first = _by_need(need[:B])
+    if as_list:
+        rest = _by_need(need[B:], B)
+    else:
+        rest = _by_need(need[B : 2 * B], B) + _by_need(need[2 * B :], 2 * B)
+    expected = first + rest
+    pos = 0
+    for new in newcomers:  # each iteration's newcomers are the next ones in that order
+        assert sorted(new) == sorted(expected[pos : pos + len(new)])
+        pos += len(new)
+    assert pos == len(expected)
     assert first != sorted(first)  # the toy problem does reorder
+    separate = [i for i in rest if i < 2 * B] + [i for i in rest if i >= 2 * B]
+    assert (rest != separate) == as_list  # the last two chunks mix, only with a length
+
+
+def test_tkmia_orders_by_its_loss_not_the_margin() -> None:
+    """The toy problem tells the two expected needs apart (else the test above could not
+    see which one TkMIA uses)."""
+    model = make_cnn()
+    x, y, s = make_problem(model, 2 * B + B // 2, K, n_relevant=4, n_specified=2)
+    with torch.no_grad():
+        scores = model(x)
+    assert _by_need(_tkmia_losses(scores, y, s)[:B]) != _by_need(_margins(scores, s)[:B])
+
+
+def test_an_error_in_the_last_chunk_read_early_is_raised_when_it_is_due() -> None:
+    """With a length, the last chunk is read together with the one before it; its bad
+    input is still reported only after the chunks before it came back."""
+    model, x, y, s = _problem("tkmia")
+    atk = _attack("tkmia", model)
+    chunks = _cut(x, y, s, [4, 4, 4])
+    bad = chunks[:2] + [(x[8:12], y[8:12], torch.zeros_like(s[8:12]))]
+    got = []
+    with pytest.raises(InputError, match="specified must be non-empty"):
+        for res in atk.stream(bad, threshold=1, batch_size=4):
+            got.append(res)
+    assert len(got) >= 1
+    _assert_same(got[0], atk(*chunks[0], threshold=1))
+
+    def failing():
+        yield from chunks[:2]
+        raise OSError("disk gone")
+
+    class Sized3:
+        def __len__(self) -> int:
+            return 3
+
+        def __iter__(self):
+            return failing()
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for res in atk.stream(Sized3(), threshold=1, batch_size=4):
+            got.append(res)
+    assert len(got) >= 1
 
 
 def test_queue_handles_more_images_than_one_call_would_fit() -> None:

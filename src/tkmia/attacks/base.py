@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 
 import torch
@@ -356,11 +356,23 @@ class Attack:
         per chunk (samples are independent). Bad input in a chunk raises
         :class:`~tkmia.errors.InputError` when that chunk is read, after the results of
         the chunks before it were yielded.
+
+        The samples of a chunk start in order of expected need, the longest first (see
+        :meth:`_expected_need`). If ``chunks`` has a length (a list, or any object with
+        ``len()``), the last two chunks start as one: the last chunk is read together with
+        the one before it, and their samples start in one order of expected need. The
+        last chunk's long runs then start with the previous chunk's instead of after them,
+        where nothing is left to fill the working set beside them (the tail of the stream,
+        in ever smaller batches); most of all when the last chunk is short. An error in
+        reading the last chunk that early is held back and raised when that chunk would
+        have been read. Results never depend on the order.
         """
         _check_int("batch_size", batch_size, 1)
         if sync_every is not None:
             _check_int("sync_every", sync_every, 1)
-        return self._run(_Queue(self, iter(chunks), threshold, batch_size), batch_size, sync_every)
+        total = len(chunks) if isinstance(chunks, Sized) else None
+        queue = _Queue(self, iter(chunks), threshold, batch_size, total)
+        return self._run(queue, batch_size, sync_every)
 
     @torch.no_grad()
     def _read(
@@ -407,8 +419,8 @@ class Attack:
             specified=specified,
             required=required,
         )
-        order = self._admission_order(clean_scores, specified)
-        return _Chunk(result, x0, labels, in_top - required, start, order)
+        need = self._expected_need(clean_scores, labels, specified).cpu()
+        return _Chunk(result, x0, labels, in_top - required, start, need)
 
     @torch.no_grad()
     def _clean_scores(self, x0: torch.Tensor, shape: torch.Size, chunk: int) -> torch.Tensor:
@@ -436,20 +448,21 @@ class Attack:
         self._prepare(chunk.result.clean_scores[rows], ctx)
         return ctx
 
-    def _admission_order(self, clean_scores: torch.Tensor, specified: torch.Tensor) -> torch.Tensor:
-        """The order ``(B,)`` (long, on the host) in which a chunk's samples start: the
-        ones expected to need the most iterations first.
+    def _expected_need(
+        self, clean_scores: torch.Tensor, labels: torch.Tensor, specified: torch.Tensor
+    ) -> torch.Tensor:
+        """How long each of a chunk's samples is expected to run, ``(B,)`` float, larger
+        for longer: samples start in decreasing order of it (ties in stream order), so
+        that long runs start early instead of running on alone, in small batches, once
+        the stream runs dry. Results never depend on it. ``labels`` and ``specified`` are
+        bool ``(B, c)``.
 
-        The expected need is the clean margin ``max_{j∈S} f_j − f_[k+1]``, by how much the
-        best specified label has to fall to leave the top-k (``f_[k+1]``: the (k+1)-th
-        largest score); ties keep the chunk's order. Starting long runs early keeps them
-        from running on alone, in small batches, once the stream runs dry (for TkMIA on
-        the built-in benchmark the margin's Spearman correlation with the iterations
-        taken is about 0.8). Results never depend on the order.
+        Here the clean margin ``max_{j∈S} f_j − f_[k+1]``: by how much the best specified
+        label has to fall to leave the top-k (``f_[k+1]``: the (k+1)-th largest score).
+        An attack overrides it where something else predicts its runs better.
         """
         kth = clean_scores.topk(self.k + 1, dim=1).values[:, -1:]
-        margin = (_masked_max(clean_scores, specified) - kth).squeeze(1)
-        return margin.argsort(descending=True, stable=True).cpu()
+        return (_masked_max(clean_scores, specified) - kth).squeeze(1)
 
     def _flags_reader(self, flags: torch.Tensor) -> Callable[[], torch.Tensor] | None:
         """Start copying the ``(n,)`` bool ``flags`` to the host; returns the wait for them.
@@ -614,7 +627,7 @@ class _Chunk:
     labels: torch.Tensor
     max_left: torch.Tensor
     start: int  # the stream number of its first sample
-    order: torch.Tensor  # (host, long) its rows in the order they start
+    need: torch.Tensor  # (host, float) expected need of its rows (Attack._expected_need)
     size: int = field(init=False)
     left: int = field(init=False)  # samples not finished yet
 
@@ -622,44 +635,102 @@ class _Chunk:
         self.size = self.left = self.x0.shape[0]
 
 
+class _Group:
+    """Chunks whose samples start as one, in decreasing expected need (ties in stream
+    order): one chunk, or the last two of a stream."""
+
+    def __init__(self, chunks: list[_Chunk]) -> None:
+        self.chunks = chunks
+        need = torch.cat([ch.need for ch in chunks])
+        order = need.argsort(descending=True, stable=True)
+        which = torch.cat([torch.full((ch.size,), i) for i, ch in enumerate(chunks)])
+        offsets = torch.tensor([ch.start - chunks[0].start for ch in chunks])
+        self.which = which[order]  # (host, long) the chunk of each sample, in start order
+        self.rows = order - offsets[self.which]  # (host, long) its row in that chunk
+        self.size = len(order)
+        self.started = 0
+
+
 class _Queue:
     """The samples of a stream of chunks, numbered 0, 1, 2, … across chunks in order:
-    read lazily, started chunk by chunk (within a chunk, expected longest first), finished
-    in any order, handed back chunk by chunk."""
+    read lazily, started group by group (a chunk, or the last two chunks of a stream of
+    ``total`` chunks; within a group, expected longest first), finished in any order,
+    handed back chunk by chunk."""
 
-    def __init__(self, attack: Attack, chunks: Iterator, threshold: int | None, cap: int) -> None:
+    def __init__(
+        self,
+        attack: Attack,
+        chunks: Iterator,
+        threshold: int | None,
+        cap: int,
+        total: int | None = None,
+    ) -> None:
         self.attack, self.chunks, self.threshold, self.cap = attack, chunks, threshold, cap
+        self.total = total  # the number of chunks, if known
         self.pending: deque[_Chunk] = deque()
+        self.groups: deque[_Group] = deque()  # groups with samples not started yet
         self.read = 0  # samples read so far
         self.admitted = 0  # samples started so far
+        self.n_chunks = 0  # chunks taken from the iterator so far
+        self.late_error: BaseException | None = None  # see fill
         self.dry = False
 
+    def _next_item(self) -> object:
+        """The next item of the iterator, ``None`` at its end."""
+        if self.late_error is not None:
+            raise self.late_error
+        item = next(self.chunks, None)
+        if item is not None:
+            self.n_chunks += 1
+        return item
+
+    def _read(self, item: object) -> _Chunk:
+        first = self.pending[0] if self.pending else None
+        chunk = self.attack._read(item, self.threshold, self.cap, self.read, first)
+        self.pending.append(chunk)
+        self.read += chunk.size
+        return chunk
+
     def fill(self, n: int) -> int:
-        """Read chunks until ``n`` samples wait to start or the stream ends; how many wait."""
+        """Read chunks until ``n`` samples wait to start or the stream ends; how many wait.
+        Where the chunk read is the last but one of the stream, the last is read with it."""
         while not self.dry and self.read - self.admitted < n:
-            item = next(self.chunks, None)
+            item = self._next_item()
             if item is None:
                 self.dry = True
                 break
-            first = self.pending[0] if self.pending else None
-            chunk = self.attack._read(item, self.threshold, self.cap, self.read, first)
-            self.pending.append(chunk)
-            self.read += chunk.size
+            group = [self._read(item)]
+            if self.total is not None and self.n_chunks == self.total - 1:
+                try:  # the last chunk, early; an error is raised when that chunk is due
+                    last = self._next_item()
+                    if last is not None:
+                        group.append(self._read(last))
+                except Exception as error:
+                    self.late_error = error
+            group = [ch for ch in group if ch.size]
+            if group:
+                self.groups.append(_Group(group))
         return self.read - self.admitted
 
     def take(self, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The next ``n`` samples to start: their state (new tensors, never views) and
-        their stream numbers ``(n,)`` (host, long). Chunks start in stream order, the
-        samples of a chunk in its :attr:`_Chunk.order`."""
-        lo, hi = self.admitted, self.admitted + n
+        their stream numbers ``(n,)`` (host, long). Groups start in stream order, the
+        samples of a group in decreasing expected need."""
         parts, ids = [], []
-        for ch in self.pending:
-            a, b = max(lo, ch.start) - ch.start, min(hi, ch.start + ch.size) - ch.start
-            if a < b:
-                rows = ch.order[a:b]
-                parts.append(self.attack._admit(ch, _upload(rows, ch.x0.device)))
-                ids.append(rows + ch.start)
-        self.admitted = hi
+        while n > 0 and self.groups:
+            group = self.groups[0]
+            lo, hi = group.started, min(group.started + n, group.size)
+            which, rows = group.which[lo:hi], group.rows[lo:hi]
+            for i, ch in enumerate(group.chunks):
+                mine = rows[which == i] if len(group.chunks) > 1 else rows
+                if mine.numel():
+                    parts.append(self.attack._admit(ch, _upload(mine, ch.x0.device)))
+                    ids.append(mine + ch.start)
+            group.started = hi
+            n -= hi - lo
+            self.admitted += hi - lo
+            if group.started == group.size:
+                self.groups.popleft()
         if len(parts) == 1:
             return parts[0], ids[0]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}, torch.cat(ids)

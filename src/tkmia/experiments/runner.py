@@ -422,6 +422,9 @@ class _ChunkReader:
         self.read: deque[tuple[list[int], list[int], torch.Tensor, torch.Tensor]] = deque()
         self.seconds = 0.0
 
+    def __len__(self) -> int:  # the attack then reads the last chunk with the one before it
+        return len(self.chunks)
+
     def __iter__(self):
         for rows in self.chunks:
             t = time.perf_counter()
