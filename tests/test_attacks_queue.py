@@ -181,18 +181,21 @@ def _start_order(atk: Attack, chunks, as_list: bool, bs: int = 5) -> list[list[i
 
 
 @pytest.mark.parametrize("as_list", [False, True])
-@pytest.mark.parametrize("name", ["tkmlapu", "tkmia"])
+@pytest.mark.parametrize("name", ["kfool", "tkmia"])
 def test_samples_start_longest_expected_first(name: str, as_list: bool) -> None:
     """Samples start by decreasing expected need: chunk by chunk, except that the last two
     chunks of a stream whose length is known start as one. The expected need is the clean
-    margin of the best specified label over the (k+1)-th score, for TkMIA its loss."""
+    margin of the best specified label over the (k+1)-th score (kFool), a loss-based
+    attack's objective at the clean scores (TkMIA)."""
     model = make_cnn()
     x, y, s = make_problem(model, 2 * B + B // 2, K, n_relevant=4, n_specified=2)
     with torch.no_grad():
         scores = model(x)
     need = (_tkmia_losses if name == "tkmia" else lambda f, y, s: _margins(f, s))(scores, y, s)
-    cls = TkMIA if name == "tkmia" else TkMLAPU
-    atk = cls(model, K, lr=1e-9, lam=0.0, max_iter=2)  # nobody succeeds: 3 passes each
+    if name == "tkmia":
+        atk = TkMIA(model, K, lr=1e-9, lam=0.0, max_iter=2)  # nobody succeeds: 3 passes each
+    else:
+        atk = KFool(model, K, max_iter=2)
     newcomers = _start_order(atk, _cut(x, y, s, [B, B, B // 2]), as_list)
     first = _by_need(need[:B])
     if as_list:
@@ -218,6 +221,17 @@ def test_tkmia_orders_by_its_loss_not_the_margin() -> None:
     with torch.no_grad():
         scores = model(x)
     assert _by_need(_tkmia_losses(scores, y, s)[:B]) != _by_need(_margins(scores, s)[:B])
+
+
+def test_an_objective_that_needs_more_state_says_to_override_expected_need() -> None:
+    class NeedsPixels(TkMIA):
+        def objective(self, scores, ctx):
+            return super().objective(scores, ctx) + 0 * ctx["x0"].flatten(1).sum(dim=1)
+
+    model, x, y, s = _problem("tkmia")
+    atk = NeedsPixels(model, K, lr=1.0, lam=0.0, max_iter=2)
+    with pytest.raises(RuntimeError, match=r"needs ctx\['x0'\].*override _expected_need"):
+        atk(x, y, s, threshold=1)
 
 
 def test_an_error_in_the_last_chunk_read_early_is_raised_when_it_is_due() -> None:

@@ -28,14 +28,3 @@ class TkMIA(LossAttack):
 
     def objective_grad(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return tkmia_grad(scores, ctx["labels"], ctx["specified"], self.k)
-
-    def _expected_need(
-        self, clean_scores: torch.Tensor, labels: torch.Tensor, specified: torch.Tensor
-    ) -> torch.Tensor:
-        """TkMIA's loss at the clean scores: how far the objective has to go (the margin
-        of the base class looks at S alone; the loss also at how far the remaining
-        relevant labels have to rise). On the built-in benchmark (k = 3, |S| = 1, batch 64,
-        chunks of 256; 640 val images for three seeds of S, the 1279 test images) the
-        streams needed 636, 632, 590 and 1152 attack iterations with it, 786, 715, 589
-        and 1197 with the margin (README, "Performance")."""
-        return tkmia_loss(clean_scores, labels, specified, self.k)
