@@ -37,7 +37,11 @@ is split by the batch of each iteration (from the start of its forward pass to t
 one's): "full-batch effic." is the efficiency of the iterations that ran on a full working
 set of ``--batch-size`` images (the engine's own cost per iteration), "tail" the share of
 (b)'s time spent in smaller batches once the stream is dry (samples that need many
-iterations finish alone, where the model's throughput is lower).
+iterations finish alone, where the model's throughput is lower). "iterations" counts the
+attack iterations of (b) (forward passes of the working set) and "at least" their lower
+bound, the image-iterations divided by the batch size: what the order in which samples
+start costs, in a number that does not move with the machine's speed (on a GPU, where a
+small batch takes about as long as a full one, the time follows it).
 
 ``--scaling`` measures instead: the time of one iteration against the number of labels c
 (a linear head with c outputs on the built-in model's features), split into the model's
@@ -233,7 +237,8 @@ def throughput(args: argparse.Namespace) -> None:
     head = (
         f"{'method':8s} {'img-iter':>8s} {'succ':>5s} {'mean it':>7s} {'ceiling':>8s} "
         f"{'img-iter/s':>10s} {'effic.':>6s} {'range':>9s} {'batch-by-batch':>14s} "
-        f"{'1-by-1 /s':>9s} {'speedup':>7s} {'full-batch effic.':>17s} {'tail':>5s}  "
+        f"{'1-by-1 /s':>9s} {'speedup':>7s} {'full-batch effic.':>17s} {'tail':>5s} "
+        f"{'iterations':>10s} {'at least':>8s}  "
         "same flags, same iterations (batched vs 1-by-1)"
     )
     print(head)
@@ -257,10 +262,11 @@ def throughput(args: argparse.Namespace) -> None:
             rate = work / (secs - sum(stamped.probes))
             ceil = bs * len(stamped.probes) / sum(stamped.probes)
             full_rate, tail = stamped.split(time.perf_counter(), bs)
-            rounds.append((rate / ceil, rate, ceil, full_rate / ceil, tail, work, res))
+            n_iter = len(stamped.batches)  # attack iterations: passes of the working set
+            rounds.append((rate / ceil, rate, ceil, full_rate / ceil, tail, work, res, n_iter))
         stamped.reset()
         rounds.sort(key=lambda r: r[0])
-        effic, rate, ceil, full_effic, tail, work, res = rounds[len(rounds) // 2]
+        effic, rate, ceil, full_effic, tail, work, res, iters = rounds[len(rounds) // 2]
         spread = f"{rounds[0][0]:.2f}-{rounds[-1][0]:.2f}"
         chunks = [(x[i : i + bs], y[i : i + bs], s[i : i + bs]) for i in range(0, len(x), bs)]
         chunk_secs, _ = timed(lambda atk=atk, chunks=chunks: [atk(*c) for c in chunks], dev)
@@ -280,8 +286,8 @@ def throughput(args: argparse.Namespace) -> None:
             f"{name:8s} {work:8d} {float(res.success.float().mean()):5.2f} "
             f"{float(res.iterations.float().mean()):7.2f} {ceil:8.1f} {rate:10.1f} "
             f"{effic:6.2f} {spread:>9s} {work / chunk_secs:14.1f} {rate1:9.1f} "
-            f"{rate / rate1:6.2f}x {full_effic:17.2f} {100 * tail:4.0f}%  "
-            f"{same_ok}/{single} {same_it}/{single}"
+            f"{rate / rate1:6.2f}x {full_effic:17.2f} {100 * tail:4.0f}% {iters:10d} "
+            f"{-(-work // bs):8d}  {same_ok}/{single} {same_it}/{single}"
         )
     for note in notes:
         print(note)
