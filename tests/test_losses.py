@@ -15,6 +15,8 @@ from tkmia.losses import (
     tkmlap_loss,
 )
 
+from _brute import atk_loop, tkmia_loop
+
 
 def _random_case(b: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -30,10 +32,6 @@ def _random_case(b: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
     return f, labels, spec
 
 
-def _atk_loop(a: list[float], m: int) -> float:
-    return sum(sorted(a, reverse=True)[:m]) / m
-
-
 def _atk_dual_loop(a: list[float], m: int) -> float:
     """min over λ of λ + (1/m) Σ [a_i − λ]_+, by trying every entry as λ (the optimum is one)."""
     return min(lam + sum(max(x - lam, 0.0) for x in a) / m for x in a for lam in [x])
@@ -45,7 +43,7 @@ def test_average_top_k_sort_and_dual_agree_with_loops(c: int) -> None:
     for m in range(1, c + 1):
         sort = average_top_k(f, m, "sort")
         dual = average_top_k(f, m, "dual")
-        loop = torch.tensor([_atk_loop(row.tolist(), m) for row in f], dtype=torch.float64)
+        loop = torch.tensor([atk_loop(row.tolist(), m) for row in f], dtype=torch.float64)
         dual_loop = torch.tensor([_atk_dual_loop(r.tolist(), m) for r in f], dtype=torch.float64)
         torch.testing.assert_close(sort, loop, rtol=0, atol=1e-12)
         torch.testing.assert_close(dual, loop, rtol=0, atol=1e-12)
@@ -69,17 +67,10 @@ def test_average_top_k_rejects_bad_m(bad_m) -> None:
         average_top_k(torch.zeros(2, 12), bad_m)
 
 
-def _tkmia_loop(f: list[float], y: list[int], s: list[int], k: int) -> float:
-    c = len(f)
-    max_s = max(f[i] for i in range(c) if s[i])
-    min_r = min(f[i] for i in range(c) if y[i] and not s[i])
-    return _atk_loop([max_s - v for v in f], c - k) + _atk_loop([v - min_r for v in f], k)
-
-
 def _tkmlap_loop(f: list[float], y: list[int], k: int) -> float:
     c = len(f)
     max_y = max(f[i] for i in range(c) if y[i])
-    return _atk_loop([max_y - v for v in f], c - k)
+    return atk_loop([max_y - v for v in f], c - k)
 
 
 def _mlcw_loop(f: list[float], y: list[int]) -> float:
@@ -95,7 +86,7 @@ def test_losses_match_brute_force(c: int) -> None:
     f, y, s = _random_case(8, c, seed=100 + c)
     rows = list(zip(f.tolist(), y.int().tolist(), s.int().tolist(), strict=True))
     for k in range(1, c):
-        expect = [_tkmia_loop(fi, yi, si, k) for fi, yi, si in rows]
+        expect = [tkmia_loop(fi, yi, si, k) for fi, yi, si in rows]
         torch.testing.assert_close(tkmia_loss(f, y, s, k), torch.tensor(expect, dtype=f.dtype))
         expect = [_tkmlap_loop(fi, yi, k) for fi, yi, _ in rows]
         torch.testing.assert_close(tkmlap_loss(f, y, k), torch.tensor(expect, dtype=f.dtype))

@@ -722,7 +722,7 @@ class _Queue:
             lo, hi = group.started, min(group.started + n, group.size)
             which, rows = group.which[lo:hi], group.rows[lo:hi]
             for i, ch in enumerate(group.chunks):
-                mine = rows[which == i] if len(group.chunks) > 1 else rows
+                mine = rows[which == i]
                 if mine.numel():
                     parts.append(self.attack._admit(ch, _upload(mine, ch.x0.device)))
                     ids.append(mine + ch.start)
