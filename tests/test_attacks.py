@@ -14,6 +14,7 @@ from tkmia.errors import InputError
 from tkmia.losses import mlcw_loss, tkmia_loss, tkmlap_loss
 from tkmia.metrics import removed_count, topk_mask
 
+from _brute import kfool_step_reference, sgd_reference
 from _toys import CountingModel, make_cnn, make_problem
 
 K = 3
@@ -87,9 +88,13 @@ def test_finished_samples_leave_the_batch(name: str) -> None:
     model.sizes.clear()
     res = atk(x, y, s)
     sizes = model.sizes[1:]  # the first forward scores the clean images
-    # Each sample is evaluated at iterates 0 .. iterations[i], then leaves the batch.
-    assert sum(sizes) == int((res.iterations + 1).sum())
-    assert sizes == sorted(sizes, reverse=True)
+    # success ends a sample: some succeed before max_iter and stop being evaluated
+    early = res.success & (res.iterations < atk.max_iter)
+    assert early.any() and (res.iterations < res.iterations.max()).any()
+    # Each sample is evaluated at iterates 0 .. iterations[i], then leaves the batch:
+    # the batch at iterate j holds exactly the samples that ran at least j steps.
+    expected = [int((res.iterations >= j).sum()) for j in range(int(res.iterations.max()) + 1)]
+    assert sizes == expected
 
 
 @pytest.mark.parametrize("name", ["tkmia", "tkmlapu", "mlcwu", "kfool"])
@@ -154,12 +159,23 @@ def test_normalize_inside_equals_wrapped_model() -> None:
     torch.testing.assert_close(a.adv_images, b.adv_images, atol=1e-5, rtol=0)
 
 
-def test_pixel_penalty_runs_and_differs_from_w_penalty() -> None:
-    model = make_cnn()
-    x, y, s = make_problem(model, 4, K)
-    a = TkMIA(model, K, lr=5.0, lam=0.5, max_iter=5, penalty="w")(x, y, s)
-    b = TkMIA(model, K, lr=5.0, lam=0.5, max_iter=5, penalty="pixel")(x, y, s)
-    assert not torch.equal(a.adv_images, b.adv_images)
+@pytest.mark.parametrize(("penalty", "lam"), [("w", 0.5), ("pixel", 4.0)])
+def test_penalty_enters_the_step_as_specified(penalty: str, lam: float) -> None:
+    """Three steps of the attack equal SPEC §4.1 written out in float64 (momentum SGD on
+    the objective plus the chosen penalty), and differ from the steps without it."""
+    model = make_cnn(dtype=torch.float64)
+    x, y, s = make_problem(model, 6, K, dtype=torch.float64)
+    steps, lr = 3, 0.5  # small steps: no sample succeeds, all run the three steps
+
+    def objective(f):
+        return tkmia_loss(f, y.bool(), s.bool(), K)
+
+    res = TkMIA(model, K, lr=lr, lam=lam, max_iter=steps, penalty=penalty)(x, y, s)
+    assert (res.iterations == steps).all() and not res.success.any()
+    expect = sgd_reference(model, x, objective, lr, lam, steps, penalty)
+    torch.testing.assert_close(res.adv_images, expect, atol=1e-9, rtol=0)
+    without = sgd_reference(model, x, objective, lr, 0.0, steps)
+    assert (res.adv_images - without).abs().max() > 100 * 1e-9  # the penalty moved the step
 
 
 @pytest.mark.parametrize(
@@ -224,6 +240,32 @@ def test_kfool_crosses_a_linear_boundary_in_one_step() -> None:
     torch.testing.assert_close(res.adv_images, expect)
     f = model(res.adv_images)[0]
     assert f[1] - f[0] == pytest.approx(0.02, abs=1e-6)
+
+
+@pytest.mark.parametrize("targets", ["relevant", "specified"])
+def test_kfool_anchors_on_the_best_target_not_the_best_label(targets: str) -> None:
+    """The clean top-1 is irrelevant here: kFool's anchor ``m`` is the best *target*
+    label, and every step equals SPEC §4.2's, written out one image at a time."""
+    model = make_cnn(dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(6, 3, 16, 16, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        order = model(x).argsort(dim=1, descending=True)
+    y = torch.zeros(6, 10, dtype=torch.float64)
+    y.scatter_(1, order[:, 1:5], 1)  # ranks 2..5 relevant; the top-1 is not
+    s = torch.zeros_like(y)
+    s.scatter_(1, order[:, 2:3], 1)  # the third-ranked label: the best target only for S
+    atk = KFool(model, K, max_iter=3, baseline_targets=targets)
+    res = atk(x, y, s)
+    assert (res.iterations >= 1).all()
+    for i in range(6):
+        anchor = int(order[i, 1] if targets == "relevant" else order[i, 2])
+        r = torch.zeros_like(x[i : i + 1])
+        for _ in range(int(res.iterations[i])):
+            r = kfool_step_reference(model, x[i : i + 1], r, anchor, K, atk.overshoot)
+        z0 = torch.atanh(2 * x[i : i + 1].clamp(EPS, 1 - EPS) - 1)
+        expect = (torch.tanh(z0 + (1 + atk.overshoot) * r) + 1) / 2
+        torch.testing.assert_close(res.adv_images[i : i + 1], expect, atol=1e-7, rtol=0)
 
 
 def test_kfool_stops_when_no_target_is_left_in_top_k() -> None:
@@ -328,9 +370,28 @@ def test_baseline_targets_option() -> None:
     x, y, s = make_problem(model, 8, K)
     with pytest.raises(InputError, match="baseline_targets"):
         TkMLAPU(model, K, 1.0, 0.0, 5, baseline_targets="all")
-    a = TkMLAPU(model, K, 5.0, 1e-3, 20)(x, y, s)
-    b = TkMLAPU(model, K, 5.0, 1e-3, 20, baseline_targets="specified")(x, y, s)
-    assert not torch.equal(a.adv_images, b.adv_images)
+
+
+
+@pytest.mark.parametrize("cls", [TkMLAPU, MLCWU])
+@pytest.mark.parametrize("targets", ["relevant", "specified"])
+def test_baseline_targets_choose_the_labels_the_loss_attacks(cls, targets: str) -> None:
+    """"relevant" minimises the baseline's loss over Y, "specified" over S (float64,
+    against SPEC §4.1 written out)."""
+    model = make_cnn(dtype=torch.float64)
+    x, y, s = make_problem(model, 6, K, n_relevant=4, n_specified=1, dtype=torch.float64)
+    attacked = (y if targets == "relevant" else s).bool()
+    steps, lr, lam = 3, 0.5, 1e-3
+
+    def objective(f):
+        if cls is TkMLAPU:
+            return tkmlap_loss(f, attacked, K)
+        return mlcw_loss(f, attacked)
+
+    res = cls(model, K, lr, lam, steps, baseline_targets=targets)(x, y, s)
+    assert (res.iterations == steps).all()
+    expect = sgd_reference(model, x, objective, lr, lam, steps)
+    torch.testing.assert_close(res.adv_images, expect, atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -111,3 +111,27 @@ def test_success_threshold() -> None:
     assert success_threshold("global", None, None) is None
     assert success_threshold("random", 2, None) == 2
     assert success_threshold("random", 2, 1) == 1
+
+
+def test_random_draw_is_numpys_generator_of_seed_and_index() -> None:
+    """Row i's S is ``default_rng([seed, index_i]).choice(pool, n)`` over its candidates
+    ``Y ∩ T_k`` in label order, so identical candidate pools at two indices draw apart."""
+    import numpy as np
+
+    torch.manual_seed(1)
+    row_scores = torch.randn(1, 12)
+    row_labels = torch.zeros(1, 12)
+    row_labels[0, row_scores[0].topk(9).indices] = 1  # 6 candidates in the top-6
+    b, n, k, seed = 30, 2, 6, 11
+    scores, labels = row_scores.repeat(b, 1), row_labels.repeat(b, 1)
+    idx = [3 * i + 5 for i in range(b)]
+    spec, ok = select_random(labels, scores, n, k, seed, idx)
+    assert ok.all()
+    pool = sorted(set(row_scores[0].topk(k).indices.tolist()) & set(
+        torch.nonzero(row_labels[0]).flatten().tolist()))
+    assert len(pool) == 6
+    for i in range(b):
+        pick = np.random.default_rng([seed, idx[i]]).choice(len(pool), size=n, replace=False)
+        assert set(torch.nonzero(spec[i]).flatten().tolist()) == {pool[j] for j in pick}
+    # the same pool at 30 indices: many different draws, not one draw repeated
+    assert len({tuple(torch.nonzero(r).flatten().tolist()) for r in spec}) >= 8

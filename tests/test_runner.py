@@ -20,7 +20,10 @@ C, K = 10, 3
 
 
 class ToyDataset(torch.utils.data.Dataset):
-    """Random images; labels are the toy model's top-5 with one label flipped off."""
+    """Random images; labels are the toy model's top-6 with one label flipped off: on every
+    odd image the second-ranked label, which leaves an irrelevant label in the clean top-k
+    (clean P@k < 1, so an attack can raise a measure as well as lower it), on every even
+    image the sixth."""
 
     def __init__(self, model, n: int = 40) -> None:
         g = torch.Generator().manual_seed(3)
@@ -28,7 +31,9 @@ class ToyDataset(torch.utils.data.Dataset):
         with torch.no_grad():
             top = model(self.images).topk(6, dim=1).indices
         self.labels = torch.zeros(n, C)
-        self.labels.scatter_(1, top[:, :5], 1)
+        self.labels.scatter_(1, top, 1)
+        flipped = torch.where(torch.arange(n) % 2 == 1, top[:, 1], top[:, 5])
+        self.labels[torch.arange(n), flipped] = 0
         self.labels[::4] = 0
         self.labels[::4, :2] = 1  # some images with few labels: ineligible for most settings
         self.classes = [f"l{i}" for i in range(C)]
@@ -74,6 +79,25 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
     assert float(row["d_p_at_k"]) == pytest.approx(d_p, rel=1e-5)
     ok = [r["l2"] for r in recs if r["success"]]
     assert float(row["aper"]) == pytest.approx(sum(ok) / len(ok), rel=1e-5)
+    # the flipped label makes drops that are non-zero and differ between the successful
+    # and the failed images: the summary averages them over all attacked images
+    recs = read_records(out / "records" / "random-k3-n1-t1" / "kfool-it5.jsonl")
+    drops = {ok: [r["ndcg_at_k_clean"] - r["ndcg_at_k_adv"] for r in recs if r["success"] == ok]
+             for ok in (True, False)}
+    assert drops[True] and drops[False] and any(drops[True]) and any(drops[False])
+    mean = {ok: sum(d) / len(d) for ok, d in drops.items()}
+    assert abs(mean[True] - mean[False]) > 0.05
+    row = next(r for r in table if r["scheme"] == "random" and r["n"] == "1"
+               and r["method"] == "kfool")
+    every = drops[True] + drops[False]
+    assert float(row["d_ndcg_at_k"]) == pytest.approx(sum(every) / len(every), rel=1e-5)
+    assert float(row["delta_n"]) == pytest.approx(
+        sum(r["delta_n"] for r in recs) / len(recs), rel=1e-5)
+    # every record's ΔN decides its success by the rule it was attacked under
+    for path in (out / "records").glob("*/*.jsonl"):
+        for rec in read_records(path):
+            assert rec["success"] == (rec["delta_n"] >= rec["required"])
+            assert rec["required"] >= 1
 
     # resume: drop the last records of one file, rerun, same summary (timing aside)
     path = out / "records" / "global-k3-g" / "kfool-it5.jsonl"
@@ -83,6 +107,12 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     strip2 = [{k: v for k, v in r.items() if k != "seconds"} for r in rows2]
     assert strip == strip2
+    # every file holds one record per selected image, written once (none duplicated)
+    for setting_dir in (out / "records").iterdir():
+        selected = json.loads((setting_dir / "setting.json").read_text())["indices"]
+        for path in setting_dir.glob("*.jsonl"):
+            lines = path.read_text().splitlines()
+            assert sorted(json.loads(line)["index"] for line in lines) == sorted(selected)
 
 
 def test_selection_takes_the_first_eligible_images(tmp_path) -> None:
@@ -90,10 +120,20 @@ def test_selection_takes_the_first_eligible_images(tmp_path) -> None:
     data = ToyDataset(model)
     run(_config(samples=5), model, data, tmp_path, progress=False)
     recs = read_records(tmp_path / "records" / "global-k3-g" / "tkmia-lr5-lam0.001-it30.jsonl")
-    # images 0, 4, 8, ... have only 2 labels: never eligible for k = 3
-    assert [r["index"] for r in recs] == [1, 2, 3, 5, 6]
+    # SPEC §5 on sets: S = Y ∩ G, eligible when |Y| >= k + |S| and S meets the clean top-k
+    eligible = []
+    with torch.no_grad():
+        scores = model(data.images)
+    for i in range(len(data)):
+        y = set(torch.nonzero(data.labels[i]).flatten().tolist())
+        spec = y & set(range(5))
+        top = set(scores[i].topk(K).indices.tolist())
+        eligible.append(len(y) >= K + len(spec) and bool(spec & top))
+    first = [i for i, ok in enumerate(eligible) if ok][:5]
+    assert not eligible[0] and not eligible[4]  # images 0, 4, ... have only 2 labels
+    assert [r["index"] for r in recs] == first
     setting = json.loads((tmp_path / "records" / "global-k3-g" / "setting.json").read_text())
-    assert setting["skipped"] == 2
+    assert setting["skipped"] == first[-1] + 1 - 5 > 0
 
 
 def test_other_configuration_in_the_same_folder_is_refused(tmp_path) -> None:
