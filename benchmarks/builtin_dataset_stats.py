@@ -33,8 +33,9 @@ def main() -> None:
     data = Digits(args.split)
     model = builtin_model()
     with torch.no_grad():
-        scores = torch.cat([model(data.images[i : i + 500].float() / 255)
-                            for i in range(0, len(data), 500)])
+        scores = torch.cat(
+            [model(data.images[i : i + 500].float() / 255) for i in range(0, len(data), 500)]
+        )
     labels = data.labels
     print(f"built-in model, {args.split} mAP: {mean_average_precision(scores, labels):.4f}")
     print(f"eligible {args.split} images (of {len(data)}):")

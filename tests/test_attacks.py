@@ -372,11 +372,10 @@ def test_baseline_targets_option() -> None:
         TkMLAPU(model, K, 1.0, 0.0, 5, baseline_targets="all")
 
 
-
 @pytest.mark.parametrize("cls", [TkMLAPU, MLCWU])
 @pytest.mark.parametrize("targets", ["relevant", "specified"])
 def test_baseline_targets_choose_the_labels_the_loss_attacks(cls, targets: str) -> None:
-    """"relevant" minimises the baseline's loss over Y, "specified" over S (float64,
+    """ "relevant" minimises the baseline's loss over Y, "specified" over S (float64,
     against SPEC §4.1 written out)."""
     model = make_cnn(dtype=torch.float64)
     x, y, s = make_problem(model, 6, K, n_relevant=4, n_specified=1, dtype=torch.float64)

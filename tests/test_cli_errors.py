@@ -40,8 +40,13 @@ class _Exploit:
 
 
 def _checkpoint(path: Path, classes: list[str]) -> Path:
-    meta = {"arch": "digits_cnn", "classes": classes, "image_size": 48,
-            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    meta = {
+        "arch": "digits_cnn",
+        "classes": classes,
+        "image_size": 48,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+    }
     return save_checkpoint(path, build_model(meta), meta)
 
 
@@ -65,8 +70,15 @@ def _make_files(tmp: Path) -> dict[str, str]:
     (tmp / "unknown.toml").write_text('k = [2]\ncolour = "red"\n')
     (tmp / "badtype.toml").write_text('lr = "fast"\n')
     (tmp / "badscheme.toml").write_text('scheme = "diagonal"\n')
-    return {"tmp": str(tmp), "five": str(five), "voc": str(voc), "evil": str(evil),
-            "evil_st": str(evil_st), "bare": str(bare), "plain": str(plain)}
+    return {
+        "tmp": str(tmp),
+        "five": str(five),
+        "voc": str(voc),
+        "evil": str(evil),
+        "evil_st": str(evil_st),
+        "bare": str(bare),
+        "plain": str(plain),
+    }
 
 
 OUT = ["--out", "{tmp}/out"]
@@ -104,13 +116,18 @@ CASES = [
     # --- datasets
     ("unknown-dataset", ["run", "--dataset", "imagenet"], "'imagenet'"),
     ("digits-bad-split", ["run", "--split", "dev"], "'dev'"),
-    ("voc-missing-root", ["run", "--dataset", "voc2012", "--root", "/nonexistent/voc",
-                          "--model", "{voc}"], "/nonexistent/voc"),
-    ("voc-root-without-vocdevkit", ["run", "--dataset", "voc2012", "--root", "{tmp}/vocroot",
-                                    "--model", "{voc}"], "VOCdevkit"),
+    (
+        "voc-missing-root",
+        ["run", "--dataset", "voc2012", "--root", "/nonexistent/voc", "--model", "{voc}"],
+        "/nonexistent/voc",
+    ),
+    (
+        "voc-root-without-vocdevkit",
+        ["run", "--dataset", "voc2012", "--root", "{tmp}/vocroot", "--model", "{voc}"],
+        "VOCdevkit",
+    ),
     ("voc-no-root", ["run", "--dataset", "voc2012", "--model", "{voc}"], "needs --root"),
-    ("voc-no-model", ["run", "--dataset", "voc2012", "--root", "{tmp}/vocroot"],
-     "needs --model"),
+    ("voc-no-model", ["run", "--dataset", "voc2012", "--root", "{tmp}/vocroot"], "needs --model"),
     # --- model files
     ("missing-model", ["run", "--model", "{tmp}/nope.safetensors"], "nope.safetensors"),
     ("model-other-classes", ["run", "--model", "{five}"], "5 classes but the dataset has 20"),
@@ -127,32 +144,61 @@ CASES = [
     ("out-under-a-file", ["run", "--out", "{tmp}/file.txt/results"], "file.txt/results"),
     ("out-is-a-file", ["run", "--out", "{tmp}/file.txt"], "file.txt"),
     # --- tkmia train
-    ("train-epochs-zero", ["train", "--dataset", "digits", "--epochs", "0"],
-     "--epochs must be a positive integer, got 0"),
+    (
+        "train-epochs-zero",
+        ["train", "--dataset", "digits", "--epochs", "0"],
+        "--epochs must be a positive integer, got 0",
+    ),
     ("train-lr-zero", ["train", "--dataset", "digits", "--lr", "0"], "got 0.0"),
-    ("train-batch-size-zero", ["train", "--dataset", "digits", "--batch-size", "0"],
-     "--batch-size"),
-    ("train-unknown-arch", ["train", "--dataset", "digits", "--arch", "resnet9000"],
-     "'resnet9000'"),
-    ("train-missing-weights", ["train", "--dataset", "digits", "--arch", "resnet18",
-                               "--weights", "{tmp}/nope.pth"], "nope.pth"),
-    ("train-pickle-weights", ["train", "--dataset", "digits", "--arch", "resnet18",
-                              "--weights", "{evil}"], "refusing to load"),
-    ("train-weights-for-builtin-arch", ["train", "--dataset", "digits", "--weights",
-                                        "{plain}"], "plain.pth"),
+    (
+        "train-batch-size-zero",
+        ["train", "--dataset", "digits", "--batch-size", "0"],
+        "--batch-size",
+    ),
+    (
+        "train-unknown-arch",
+        ["train", "--dataset", "digits", "--arch", "resnet9000"],
+        "'resnet9000'",
+    ),
+    (
+        "train-missing-weights",
+        ["train", "--dataset", "digits", "--arch", "resnet18", "--weights", "{tmp}/nope.pth"],
+        "nope.pth",
+    ),
+    (
+        "train-pickle-weights",
+        ["train", "--dataset", "digits", "--arch", "resnet18", "--weights", "{evil}"],
+        "refusing to load",
+    ),
+    (
+        "train-weights-for-builtin-arch",
+        ["train", "--dataset", "digits", "--weights", "{plain}"],
+        "plain.pth",
+    ),
     ("train-unknown-dataset", ["train", "--dataset", "imagenet"], "'imagenet'"),
-    ("train-voc-missing-root", ["train", "--dataset", "voc2012", "--root", "/nonexistent/voc"],
-     "/nonexistent/voc"),
+    (
+        "train-voc-missing-root",
+        ["train", "--dataset", "voc2012", "--root", "/nonexistent/voc"],
+        "/nonexistent/voc",
+    ),
     ("train-folder-without-csv", ["train", "--dataset", "folder", "--root", "{tmp}"], "--csv"),
-    ("train-unknown-optimizer", ["train", "--dataset", "digits", "--optimizer", "lbfgs"],
-     "'lbfgs'"),
+    (
+        "train-unknown-optimizer",
+        ["train", "--dataset", "digits", "--optimizer", "lbfgs"],
+        "'lbfgs'",
+    ),
     ("train-seed-negative", ["train", "--dataset", "digits", "--seed", "-7"], "got -7"),
-    ("train-num-workers-negative", ["train", "--dataset", "digits", "--num-workers", "-2"],
-     "got -2"),
-    ("train-unknown-device", ["train", "--dataset", "digits", "--device", "quantum"],
-     "'quantum'"),
-    ("train-out-under-a-file", ["train", "--dataset", "digits", "--out",
-                                "{tmp}/file.txt/run"], "file.txt/run"),
+    (
+        "train-num-workers-negative",
+        ["train", "--dataset", "digits", "--num-workers", "-2"],
+        "got -2",
+    ),
+    ("train-unknown-device", ["train", "--dataset", "digits", "--device", "quantum"], "'quantum'"),
+    (
+        "train-out-under-a-file",
+        ["train", "--dataset", "digits", "--out", "{tmp}/file.txt/run"],
+        "file.txt/run",
+    ),
     ("train-no-dataset", ["train"], "--dataset"),
     # --- tkmia report and the command itself
     ("report-not-a-results-folder", ["report", "{tmp}"], "no config.json"),
@@ -169,8 +215,9 @@ def _argv(template: list[str], files: dict[str, str]) -> list[str]:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def _assert_one_error_line(err: str, expect: str) -> None:
@@ -196,8 +243,7 @@ def no_heavy_work(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tkmia.training, "train_model", forbidden("training"))
 
 
-@pytest.mark.parametrize(("template", "expect"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("template", "expect"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_user_mistake_is_one_line_exit_2_and_writes_nothing(
     template, expect, tmp_path, monkeypatch, capsys, no_heavy_work
 ) -> None:
@@ -223,13 +269,33 @@ def test_failing_rerun_leaves_existing_results_unchanged_and_lam_zero_is_accepte
     tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "res"
-    tiny = ["run", "--samples", "2", "--methods", "tkmia", "--lr", "0.01", "--lam", "0",
-            "--max-iter", "1", "--k", "2", "--scheme", "random", "--n", "1",
-            "--no-progress", "--out", str(out)]
+    tiny = [
+        "run",
+        "--samples",
+        "2",
+        "--methods",
+        "tkmia",
+        "--lr",
+        "0.01",
+        "--lam",
+        "0",
+        "--max-iter",
+        "1",
+        "--k",
+        "2",
+        "--scheme",
+        "random",
+        "--n",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(tiny) == 0  # lam = 0 means no penalty: accepted
     capsys.readouterr()
-    method = json.loads((out / "records" / "random-k2-n1-t1" / "tkmia-lr0.01-lam0-it1.json")
-                        .read_text())
+    method = json.loads(
+        (out / "records" / "random-k2-n1-t1" / "tkmia-lr0.01-lam0-it1.json").read_text()
+    )
     assert method["lam"] == 0.0
     before = _snapshot(out)
     assert before and any(name.startswith("records") for name in before)
@@ -253,8 +319,20 @@ def test_keyboard_interrupt_exits_130_with_one_line(monkeypatch, capsys) -> None
     ("template", "expect"),
     [
         (["run", "--k", "25", "--out", "{tmp}/out"], "got 25"),
-        (["train", "--dataset", "digits", "--arch", "resnet18", "--weights", "{evil}",
-          "--out", "{tmp}/out"], "refusing to load"),
+        (
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--arch",
+                "resnet18",
+                "--weights",
+                "{evil}",
+                "--out",
+                "{tmp}/out",
+            ],
+            "refusing to load",
+        ),
     ],
     ids=["run-k-above-c", "train-pickle-weights"],
 )
@@ -263,7 +341,11 @@ def test_end_to_end_process(template, expect, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(
         [sys.executable, "-m", "tkmia", *[part.format(**files) for part in template]],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == USAGE, proc.stderr
     _assert_one_error_line(proc.stderr, expect)

@@ -66,8 +66,9 @@ def test_shipped_model_reaches_its_recorded_test_map() -> None:
     model = builtin_model()
     data = Digits("test")
     with torch.no_grad():
-        scores = torch.cat([model(data.images[i : i + 500].float() / 255) for i in
-                            range(0, len(data), 500)])
+        scores = torch.cat(
+            [model(data.images[i : i + 500].float() / 255) for i in range(0, len(data), 500)]
+        )
     assert scores.shape == (2000, 20)
     test_map = mean_average_precision(scores, data.labels)
     assert test_map == pytest.approx(meta["test_map"], abs=1e-4)

@@ -19,8 +19,12 @@ from tkmia.files import (
 
 def _dead_pid() -> int:
     """The pid of a process that has ended (reaped: no process has it now)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(proc.stdout)
 
 

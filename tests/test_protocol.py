@@ -127,8 +127,10 @@ def test_random_draw_is_numpys_generator_of_seed_and_index() -> None:
     idx = [3 * i + 5 for i in range(b)]
     spec, ok = select_random(labels, scores, n, k, seed, idx)
     assert ok.all()
-    pool = sorted(set(row_scores[0].topk(k).indices.tolist()) & set(
-        torch.nonzero(row_labels[0]).flatten().tolist()))
+    pool = sorted(
+        set(row_scores[0].topk(k).indices.tolist())
+        & set(torch.nonzero(row_labels[0]).flatten().tolist())
+    )
     assert len(pool) == 6
     for i in range(b):
         pick = np.random.default_rng([seed, idx[i]]).choice(len(pool), size=n, replace=False)

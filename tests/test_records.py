@@ -59,8 +59,13 @@ def test_no_success_gives_nan_norms_and_no_records_nan_everything() -> None:
     assert math.isnan(summarise([])["d_p_at_k"])
 
 
-def _result(clean: list[list[float]], adv: list[list[float]], spec: list[list[int]],
-            required: list[int], success: list[bool]) -> AttackResult:
+def _result(
+    clean: list[list[float]],
+    adv: list[list[float]],
+    spec: list[list[int]],
+    required: list[int],
+    success: list[bool],
+) -> AttackResult:
     clean_t, adv_t = torch.tensor(clean), torch.tensor(adv)
     b = clean_t.shape[0]
     images = torch.full((b, 1, 2, 2), 0.5)

@@ -41,8 +41,16 @@ def results(tmp_path_factory):
         MethodConfig("tkmia", max_iter=20, lr=1.0, lam=1e-3),
         MethodConfig("kfool", max_iter=5),
     ]
-    config = RunConfig("toy", "cnn", settings, methods, samples=4, seed=0, batch_size=4,
-                       extra={"classes": data.classes})
+    config = RunConfig(
+        "toy",
+        "cnn",
+        settings,
+        methods,
+        samples=4,
+        seed=0,
+        batch_size=4,
+        extra={"classes": data.classes},
+    )
     out = tmp_path_factory.mktemp("report")
     run(config, model, data, out, progress=False)
     return out, model, data

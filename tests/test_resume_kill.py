@@ -117,8 +117,9 @@ def test_a_partly_written_chunk_is_attacked_again_as_a_whole(tmp_path) -> None:
     path.write_text("".join(lines[:6]) + lines[6][:25])
     rows = run(config, model, data, out, progress=False)
     records = read_records(path)
-    assert [r["index"] for r in records] == [r["index"] for r in read_all_records(
-        path.parent, "tkmia-lr5-lam0.001-it15")]
+    assert [r["index"] for r in records] == [
+        r["index"] for r in read_all_records(path.parent, "tkmia-lr5-lam0.001-it15")
+    ]
     assert len(records) == 10 and len({r["index"] for r in records}) == 10
 
     def strip(rs):

@@ -73,8 +73,9 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
     recs = read_records(out / "records" / "random-k3-n1-t1" / "tkmia-lr5-lam0.001-it30.jsonl")
     assert len(recs) == 12 and len({r["index"] for r in recs}) == 12
     # the mean of the records is the summary
-    row = next(r for r in table if r["scheme"] == "random" and r["n"] == "1"
-               and r["method"] == "tkmia")
+    row = next(
+        r for r in table if r["scheme"] == "random" and r["n"] == "1" and r["method"] == "tkmia"
+    )
     d_p = sum(r["p_at_k_clean"] - r["p_at_k_adv"] for r in recs) / len(recs)
     assert float(row["d_p_at_k"]) == pytest.approx(d_p, rel=1e-5)
     ok = [r["l2"] for r in recs if r["success"]]
@@ -82,17 +83,21 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
     # the flipped label makes drops that are non-zero and differ between the successful
     # and the failed images: the summary averages them over all attacked images
     recs = read_records(out / "records" / "random-k3-n1-t1" / "kfool-it5.jsonl")
-    drops = {ok: [r["ndcg_at_k_clean"] - r["ndcg_at_k_adv"] for r in recs if r["success"] == ok]
-             for ok in (True, False)}
+    drops = {
+        ok: [r["ndcg_at_k_clean"] - r["ndcg_at_k_adv"] for r in recs if r["success"] == ok]
+        for ok in (True, False)
+    }
     assert drops[True] and drops[False] and any(drops[True]) and any(drops[False])
     mean = {ok: sum(d) / len(d) for ok, d in drops.items()}
     assert abs(mean[True] - mean[False]) > 0.05
-    row = next(r for r in table if r["scheme"] == "random" and r["n"] == "1"
-               and r["method"] == "kfool")
+    row = next(
+        r for r in table if r["scheme"] == "random" and r["n"] == "1" and r["method"] == "kfool"
+    )
     every = drops[True] + drops[False]
     assert float(row["d_ndcg_at_k"]) == pytest.approx(sum(every) / len(every), rel=1e-5)
     assert float(row["delta_n"]) == pytest.approx(
-        sum(r["delta_n"] for r in recs) / len(recs), rel=1e-5)
+        sum(r["delta_n"] for r in recs) / len(recs), rel=1e-5
+    )
     # every record's ΔN decides its success by the rule it was attacked under
     for path in (out / "records").glob("*/*.jsonl"):
         for rec in read_records(path):
@@ -171,8 +176,9 @@ def test_same_seed_gives_a_byte_identical_summary(tmp_path) -> None:
         run(_config(samples=6), model, data, out, progress=False)
         lines = (out / "summary.csv").read_text().splitlines()
         drop = lines[0].split(",").index("seconds")
-        return "\n".join(",".join(c for i, c in enumerate(ln.split(",")) if i != drop)
-                         for ln in lines)
+        return "\n".join(
+            ",".join(c for i, c in enumerate(ln.split(",")) if i != drop) for ln in lines
+        )
 
     assert table(tmp_path / "a") == table(tmp_path / "b")
 

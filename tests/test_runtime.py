@@ -36,8 +36,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _faults(retain: bool) -> tuple[str, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, "1" if retain else "0"], env=env,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "1" if retain else "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     state, faults = proc.stdout.split()
     return state, int(faults)
 

@@ -18,8 +18,9 @@ from tkmia.experiments.selection import (
 )
 
 
-def _row(method="tkmia", lr=1e-3, lam=1e-3, it=100, success=0.5, aper=1.0, attacked=10,
-         group="g", k=2):
+def _row(
+    method="tkmia", lr=1e-3, lam=1e-3, it=100, success=0.5, aper=1.0, attacked=10, group="g", k=2
+):
     return {
         "dataset": "d", "model": "m", "scheme": "global", "k": k, "group": group, "n": "",
         "threshold": "all", "method": method, "lr": lr if method != "kfool" else "",
@@ -110,8 +111,11 @@ def test_scope_all_picks_one_configuration_per_method_from_the_means() -> None:
 
 
 def test_rows_read_back_from_csv_select_the_same(tmp_path) -> None:
-    rows = [_row(lr=1e-3, success=0.95, aper=2.0), _row(lr=5e-4, success=0.945, aper=1.0),
-            _row("kfool", it=5, success=0.2, aper=float("nan"))]
+    rows = [
+        _row(lr=1e-3, success=0.95, aper=2.0),
+        _row(lr=5e-4, success=0.945, aper=1.0),
+        _row("kfool", it=5, success=0.2, aper=float("nan")),
+    ]
     path = tmp_path / "s.csv"
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -146,7 +150,7 @@ def test_list_flags_and_a_toml_config_give_the_same_grid(tmp_path) -> None:
     toml = tmp_path / "grid.toml"
     toml.write_text(
         'methods = ["tkmia", "kfool"]\nlr = [1e-3, 5e-4]\nlam = [1e-3, 5e-5]\n'
-        "max-iter = [100, 300]\nk = [2, 3]\nselect_tol = 0.02\nselect-scope = \"all\"\n"
+        'max-iter = [100, 300]\nk = [2, 3]\nselect_tol = 0.02\nselect-scope = "all"\n'
         "skip_bad_images = true\n"
     )
     from_file = _build_parser().parse_args(["run", "--config", str(toml)])

@@ -26,8 +26,13 @@ def _model() -> Normalized:
 
 
 def _meta() -> dict:
-    return {"arch": "digits_cnn", "classes": Digits.classes, "image_size": 48,
-            "mean": [0.5] * 3, "std": [0.25] * 3}
+    return {
+        "arch": "digits_cnn",
+        "classes": Digits.classes,
+        "image_size": 48,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
 
 
 class _Stop(Exception):
@@ -36,8 +41,16 @@ class _Stop(Exception):
 
 def test_checkpoints_and_resume_give_the_same_weights(tmp_path: Path) -> None:
     train, test = Digits("train", size=48), Digits("val", size=32)
-    full = train_model(_model(), train, test, CONFIG, tmp_path / "full", _meta(),
-                       progress=False, log=lambda _: None)
+    full = train_model(
+        _model(),
+        train,
+        test,
+        CONFIG,
+        tmp_path / "full",
+        _meta(),
+        progress=False,
+        log=lambda _: None,
+    )
     assert [h["epoch"] for h in full["history"]] == [1, 2, 3]
     assert full["test_map"] == max(h["test_map"] for h in full["history"])
     for name in ("best", "last"):
@@ -49,11 +62,20 @@ def test_checkpoints_and_resume_give_the_same_weights(tmp_path: Path) -> None:
             raise _Stop
 
     with pytest.raises(_Stop):
-        train_model(_model(), train, test, CONFIG, tmp_path / "cut", _meta(), progress=False,
-                    log=stop_after_two)
+        train_model(
+            _model(),
+            train,
+            test,
+            CONFIG,
+            tmp_path / "cut",
+            _meta(),
+            progress=False,
+            log=stop_after_two,
+        )
     lines: list[str] = []
-    resumed = train_model(_model(), train, test, CONFIG, tmp_path / "cut", _meta(),
-                          progress=False, log=lines.append)
+    resumed = train_model(
+        _model(), train, test, CONFIG, tmp_path / "cut", _meta(), progress=False, log=lines.append
+    )
     assert lines[0].startswith("resuming") and len(lines) == 2  # only epoch 3 was trained
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     a = load_file(str(tmp_path / "full" / "last.safetensors"))
@@ -72,8 +94,12 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch-size"), ({"lr": 0.0}, "lr"),
-     ({"optimizer": "rmsprop"}, "optimizer")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": -1}, "batch-size"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+    ],
 )
 def test_bad_train_config(kwargs, match) -> None:
     base = {"epochs": 1, "batch_size": 8, "lr": 1e-3}
@@ -83,10 +109,26 @@ def test_bad_train_config(kwargs, match) -> None:
 
 def _voc_fixture(root: Path) -> None:
     voc = root / "VOCdevkit" / "VOC2012"
-    objects = {"a1": ["dog", "person", "car"], "a2": ["cat", "person"], "a3": ["bus"],
-               "a4": ["dog", "sofa", "chair"],
-               "a5": ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-                      "chair", "cow", "diningtable", "dog"]}
+    objects = {
+        "a1": ["dog", "person", "car"],
+        "a2": ["cat", "person"],
+        "a3": ["bus"],
+        "a4": ["dog", "sofa", "chair"],
+        "a5": [
+            "aeroplane",
+            "bicycle",
+            "bird",
+            "boat",
+            "bottle",
+            "bus",
+            "car",
+            "cat",
+            "chair",
+            "cow",
+            "diningtable",
+            "dog",
+        ],
+    }
     (voc / "Annotations").mkdir(parents=True)
     (voc / "JPEGImages").mkdir(parents=True)
     for i, (name, objs) in enumerate(objects.items()):
@@ -103,13 +145,33 @@ def _voc_fixture(root: Path) -> None:
 def test_resnet_end_to_end_train_reload_attack(tmp_path: Path, capsys) -> None:
     _voc_fixture(tmp_path / "voc")
     out = tmp_path / "ckpt"
-    code = main(["train", "--dataset", "voc2012", "--root", str(tmp_path / "voc"), "--arch",
-                 "resnet18", "--epochs", "1", "--batch-size", "2", "--image-size", "32",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "voc2012",
+            "--root",
+            str(tmp_path / "voc"),
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--image-size",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     model, meta = load_model(out / "best.safetensors", num_classes=20)
-    assert meta["arch"] == "resnet18" and meta["image_size"] == 32 and meta["classes"][0] == (
-        "aeroplane")
+    assert (
+        meta["arch"] == "resnet18"
+        and meta["image_size"] == 32
+        and meta["classes"][0] == ("aeroplane")
+    )
     assert 0.0 <= meta["test_map"] <= 1.0
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -123,10 +185,36 @@ def test_resnet_end_to_end_train_reload_attack(tmp_path: Path, capsys) -> None:
 
     # the same checkpoint through `tkmia run`, as a user would attack it
     res = tmp_path / "res"
-    code = main(["run", "--dataset", "voc2012", "--root", str(tmp_path / "voc"), "--model",
-                 str(out / "best.safetensors"), "--image-size", "32", "--scheme", "random",
-                 "--k", "5", "--n", "1", "--samples", "2", "--methods", "tkmia,kfool",
-                 "--max-iter", "3", "--out", str(res), "--no-progress", "--examples", "1"])
+    code = main(
+        [
+            "run",
+            "--dataset",
+            "voc2012",
+            "--root",
+            str(tmp_path / "voc"),
+            "--model",
+            str(out / "best.safetensors"),
+            "--image-size",
+            "32",
+            "--scheme",
+            "random",
+            "--k",
+            "5",
+            "--n",
+            "1",
+            "--samples",
+            "2",
+            "--methods",
+            "tkmia,kfool",
+            "--max-iter",
+            "3",
+            "--out",
+            str(res),
+            "--no-progress",
+            "--examples",
+            "1",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     rows = (res / "summary.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("voc2012,best,random,5,")

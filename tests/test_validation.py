@@ -126,9 +126,21 @@ def _inf(x, y, s):
         (lambda x, y, s: (x, y, torch.zeros_like(s)), "specified must be non-empty"),
         (lambda x, y, s: (x, y, 1 - y), "specified must be a subset of labels"),
     ],
-    ids=["3d-images", "below-0", "above-1", "inf", "nan", "uint8", "labels-not-0-1",
-         "specified-not-0-1", "k-equals-c", "labels-batch", "specified-shape",
-         "empty-specified", "specified-not-subset"],
+    ids=[
+        "3d-images",
+        "below-0",
+        "above-1",
+        "inf",
+        "nan",
+        "uint8",
+        "labels-not-0-1",
+        "specified-not-0-1",
+        "k-equals-c",
+        "labels-batch",
+        "specified-shape",
+        "empty-specified",
+        "specified-not-subset",
+    ],
 )
 def test_bad_attack_inputs(cls, mutate, match) -> None:
     model = make_cnn()
@@ -199,8 +211,13 @@ def test_resolve_group_on_digits(spec, match) -> None:
 
 # ------------------------------------------------------------------ models and checkpoints
 def _meta(classes: int = 5) -> dict:
-    return {"arch": "digits_cnn", "classes": [f"c{i}" for i in range(classes)],
-            "image_size": 48, "mean": [0.5] * 3, "std": [0.25] * 3}
+    return {
+        "arch": "digits_cnn",
+        "classes": [f"c{i}" for i in range(classes)],
+        "image_size": 48,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
 
 
 class _Exploit:
@@ -229,14 +246,17 @@ def test_checkpoint_round_trip(checkpoint: Path) -> None:
 
 
 def test_load_model_refuses_pickle_files(pickle_file: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="must be a .safetensors file.*pickle checkpoints are "
-                       "refused"):
+    with pytest.raises(
+        ValueError, match="must be a .safetensors file.*pickle checkpoints are refused"
+    ):
         load_model(pickle_file)
     disguised = tmp_path / "evil.safetensors"  # a pickle renamed, with a valid sidecar
     disguised.write_bytes(pickle_file.read_bytes())
-    disguised.with_suffix(".json").write_text('{"arch": "digits_cnn", "classes": ["a", "b"], '
-                                              '"image_size": 48, "mean": [0, 0, 0], '
-                                              '"std": [1, 1, 1]}')
+    disguised.with_suffix(".json").write_text(
+        '{"arch": "digits_cnn", "classes": ["a", "b"], '
+        '"image_size": 48, "mean": [0, 0, 0], '
+        '"std": [1, 1, 1]}'
+    )
     with pytest.raises(ValueError, match="evil.safetensors' is not a valid safetensors file"):
         load_model(disguised)
     with pytest.raises(ValueError, match="refusing to load .*evil.pth.*pickled Python objects"):
@@ -255,8 +275,9 @@ def test_load_model_errors(checkpoint: Path, tmp_path: Path) -> None:
     checkpoint.with_suffix(".json").write_text('{"arch": "digits_cnn"}')
     with pytest.raises(ValueError, match=r"lacks the keys \['classes'"):
         read_meta(checkpoint)
-    checkpoint.with_suffix(".json").write_text('{"arch": "digits_cnn", "classes": 5, '
-                                               '"image_size": 48, "mean": [], "std": []}')
+    checkpoint.with_suffix(".json").write_text(
+        '{"arch": "digits_cnn", "classes": 5, "image_size": 48, "mean": [], "std": []}'
+    )
     with pytest.raises(ValueError, match="'classes' must be a list of label names"):
         read_meta(checkpoint)
     checkpoint.with_suffix(".json").write_text("{not json")
@@ -270,7 +291,8 @@ def test_load_model_errors(checkpoint: Path, tmp_path: Path) -> None:
 def test_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "m.safetensors", build_model(_meta()), _meta())
     path.with_suffix(".json").write_text(
-        (tmp_path / "m.json").read_text().replace('"digits_cnn"', '"resnet18"'))
+        (tmp_path / "m.json").read_text().replace('"digits_cnn"', '"resnet18"')
+    )
     with pytest.raises(ValueError, match="does not match architecture 'resnet18'"):
         load_model(path)
 
@@ -320,8 +342,7 @@ def test_channels_last_wrapper_keeps_the_function_and_the_caller_tensors() -> No
 
 
 def test_the_built_in_architecture_runs_channels_last_and_the_resnets_do_not() -> None:
-    meta = {"arch": "digits_cnn", "classes": ["a", "b", "c"], "mean": [0.5] * 3,
-            "std": [0.25] * 3}
+    meta = {"arch": "digits_cnn", "classes": ["a", "b", "c"], "mean": [0.5] * 3, "std": [0.25] * 3}
     assert build_model(meta).channels_last
     assert uses_channels_last("digits_cnn")
     assert not uses_channels_last("resnet50") and not uses_channels_last("resnet101")

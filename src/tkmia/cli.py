@@ -49,49 +49,93 @@ def _build_parser() -> argparse.ArgumentParser:
         "model, all four attacks, S1 and S2, k in {2, 3}).",
     )
     run.add_argument("--config", type=Path, help="TOML file with the same keys as the flags")
-    run.add_argument("--dataset", default=None, help="digits (default), voc2012, coco2014, "
-                     "nuswide or folder")
+    run.add_argument(
+        "--dataset", default=None, help="digits (default), voc2012, coco2014, nuswide or folder"
+    )
     run.add_argument("--root", type=Path, help="the dataset's folder (see README)")
     run.add_argument("--csv", type=Path, help="label file of a 'folder' dataset")
-    run.add_argument("--split", help="split to attack (default: val, or test for "
-                     "digits and nuswide)")
+    run.add_argument(
+        "--split", help="split to attack (default: val, or test for digits and nuswide)"
+    )
     run.add_argument("--image-size", type=int)
-    run.add_argument("--model", type=Path, help="a .safetensors checkpoint with a .json "
-                     "sidecar (default for digits: the built-in model)")
-    run.add_argument("--methods", type=_list(str, "--methods"),
-                     help="comma-separated: tkmia,tkmlapu,kfool,mlcwu (default: all)")
+    run.add_argument(
+        "--model",
+        type=Path,
+        help="a .safetensors checkpoint with a .json "
+        "sidecar (default for digits: the built-in model)",
+    )
+    run.add_argument(
+        "--methods",
+        type=_list(str, "--methods"),
+        help="comma-separated: tkmia,tkmlapu,kfool,mlcwu (default: all)",
+    )
     run.add_argument("--scheme", choices=["global", "random", "both"], default=None)
     run.add_argument("--k", type=_list(int, "--k"), help="e.g. 2,3")
-    run.add_argument("--groups", type=_list(str, "--groups"),
-                     help="S1 label groups by name, or label names joined by '+'")
-    run.add_argument("--n", "--n-labels", dest="n", type=_list(int, "--n"),
-                     help="S2: labels drawn per image, e.g. 1,2 (under torchrun write "
-                     "--n-labels: torchrun takes --n for one of its own options)")
-    run.add_argument("--threshold", type=_list(int, "--threshold"),
-                     help="S2: success needs ΔN >= t (default t = n)")
+    run.add_argument(
+        "--groups",
+        type=_list(str, "--groups"),
+        help="S1 label groups by name, or label names joined by '+'",
+    )
+    run.add_argument(
+        "--n",
+        "--n-labels",
+        dest="n",
+        type=_list(int, "--n"),
+        help="S2: labels drawn per image, e.g. 1,2 (under torchrun write "
+        "--n-labels: torchrun takes --n for one of its own options)",
+    )
+    run.add_argument(
+        "--threshold",
+        type=_list(int, "--threshold"),
+        help="S2: success needs ΔN >= t (default t = n)",
+    )
     run.add_argument("--samples", type=int, help="eligible images attacked per setting")
     run.add_argument("--lr", type=_list(float, "--lr"))
     run.add_argument("--lam", type=_list(float, "--lam"))
     run.add_argument("--max-iter", type=_list(int, "--max-iter"))
-    run.add_argument("--batch-size", type=int, help="images optimised at once (default 64; 256 for "
-                     "digits); a finished image's slot is refilled at once from the queue")
-    run.add_argument("--chunk-size", type=int, help="images per chunk, the unit of records, "
-                     "resuming and torchrun sharding (default: 4 x --batch-size); "
-                     "a setting's chunks stream through one working set")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        help="images optimised at once (default 64; 256 for "
+        "digits); a finished image's slot is refilled at once from the queue",
+    )
+    run.add_argument(
+        "--chunk-size",
+        type=int,
+        help="images per chunk, the unit of records, "
+        "resuming and torchrun sharding (default: 4 x --batch-size); "
+        "a setting's chunks stream through one working set",
+    )
     run.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     run.add_argument("--seed", type=int)
     run.add_argument("--examples", type=int, help="images per setting drawn in the figures")
-    run.add_argument("--out", type=Path, help="results folder (default results/<dataset>-"
-                     "<model>); rerunning the same command resumes")
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default results/<dataset>-"
+        "<model>); rerunning the same command resumes",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--select-tol", type=float, help="selection rule of a grid: among the "
-                     "configurations within this much of the best success rate, the "
-                     "smallest APer is reported (default 0.01)")
-    run.add_argument("--select-scope", choices=["setting", "all"], default=None,
-                     help="select per setting (default) or one configuration per method "
-                     "for all settings (mean success rate and APer over settings)")
-    run.add_argument("--skip-bad-images", action="store_true", default=None,
-                     help="skip and count unreadable images instead of stopping")
+    run.add_argument(
+        "--select-tol",
+        type=float,
+        help="selection rule of a grid: among the "
+        "configurations within this much of the best success rate, the "
+        "smallest APer is reported (default 0.01)",
+    )
+    run.add_argument(
+        "--select-scope",
+        choices=["setting", "all"],
+        default=None,
+        help="select per setting (default) or one configuration per method "
+        "for all settings (mean success rate and APer over settings)",
+    )
+    run.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="skip and count unreadable images instead of stopping",
+    )
 
     train = sub.add_parser("train", help="fine-tune a multi-label classifier")
     train.add_argument("--dataset", required=True)
@@ -113,10 +157,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="render a results folder as tables and figures")
     report.add_argument("dir", type=Path)
-    report.add_argument("--select-tol", type=float, help="override the run's selection "
-                        "tolerance (see tkmia run --select-tol)")
-    report.add_argument("--select-scope", choices=["setting", "all"], default=None,
-                        help="override the run's selection scope")
+    report.add_argument(
+        "--select-tol",
+        type=float,
+        help="override the run's selection tolerance (see tkmia run --select-tol)",
+    )
+    report.add_argument(
+        "--select-scope",
+        choices=["setting", "all"],
+        default=None,
+        help="override the run's selection scope",
+    )
     return parser
 
 
@@ -144,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tkmia: error: {message}", file=sys.stderr)  # always exactly one line
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("tkmia: interrupted; finished work is saved, rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "tkmia: interrupted; finished work is saved, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
-

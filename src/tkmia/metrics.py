@@ -94,9 +94,7 @@ def ndcg_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
     """NDCG@k with binary gains: ``DCG@k / IDCG@k``, discounts ``1 / log2(j + 1)``."""
     _check(scores, labels, k, need_relevant=True)
     rel = _ranked_relevance(scores, labels, k)
-    discount = 1.0 / torch.log2(
-        torch.arange(2, k + 2, dtype=scores.dtype, device=scores.device)
-    )
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=scores.dtype, device=scores.device))
     dcg = (rel * discount).sum(dim=1)
     n_ideal = labels.to(torch.long).sum(dim=1).clamp(max=k)
     idcg = discount.cumsum(dim=0)[n_ideal - 1]

@@ -68,8 +68,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                 f"got {value!r}")
+                raise InputError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
+                )
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"--lr must be a positive number, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -80,7 +81,10 @@ class TrainConfig:
 
 @torch.no_grad()
 def evaluate_map(
-    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "cpu",
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 256,
+    device: str = "cpu",
     num_workers: int = 0,
 ) -> float:
     """Test mAP of ``model`` (eval mode) on ``dataset``: mean over classes of AP."""
@@ -158,23 +162,29 @@ def train_model(
         history = json.loads(state["history"])
         log(f"resuming {out} after epoch {start_epoch} (best test mAP so far {best_map:.4f})")
 
-    steps_per_epoch = max(1, len(train_set) // config.batch_size) if (
-        len(train_set) % config.batch_size == 1 and len(train_set) > 1
-    ) else math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = (
+        max(1, len(train_set) // config.batch_size)
+        if (len(train_set) % config.batch_size == 1 and len(train_set) > 1)
+        else math.ceil(len(train_set) / config.batch_size)
+    )
     total_steps = steps_per_epoch * config.epochs
     loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, config.epochs):
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=generator,
             num_workers=config.num_workers,
             # a last batch of one image breaks batch norm on 1x1 feature maps: skip it
             drop_last=len(train_set) % config.batch_size == 1 and len(train_set) > 1,
         )
         model.train()
         started, running, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   leave=False)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
+        )
         for i, (images, labels) in enumerate(bar):
             step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
@@ -191,8 +201,14 @@ def train_model(
             seen += images.shape[0]
             bar.set_postfix(loss=f"{running / seen:.4f}")
         test_map = evaluate_map(model, test_set, device=device, num_workers=config.num_workers)
-        history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "test_map": test_map,
-                        "seconds": time.perf_counter() - started})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": running / max(seen, 1),
+                "test_map": test_map,
+                "seconds": time.perf_counter() - started,
+            }
+        )
         epoch_meta = {**meta, "test_map": test_map, "epoch": epoch + 1, "train": asdict(config)}
         improved = test_map > best_map
         if improved:
@@ -201,14 +217,21 @@ def train_model(
         save_checkpoint(out / "last.safetensors", model, epoch_meta)
         with atomic_path(state_path) as tmp:
             torch.save(
-                {"optimizer": optimizer.state_dict(), "epoch": epoch, "best_map": best_map,
-                 "history": json.dumps(history), "config": asdict(config),
-                 "classes": list(meta["classes"])},
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "best_map": best_map,
+                    "history": json.dumps(history),
+                    "config": asdict(config),
+                    "classes": list(meta["classes"]),
+                },
                 tmp,
             )
-        log(f"epoch {epoch + 1}/{config.epochs}: loss {running / max(seen, 1):.4f}, "
+        log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {running / max(seen, 1):.4f}, "
             f"test mAP {test_map:.4f}{' (best)' if improved else ''}, "
-            f"{history[-1]['seconds']:.1f} s")
+            f"{history[-1]['seconds']:.1f} s"
+        )
     best = json.loads((out / "best.json").read_text())
     best["history"] = history
     return best

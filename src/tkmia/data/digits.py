@@ -52,7 +52,9 @@ def _sources() -> tuple[dict[int, np.ndarray], np.ndarray, dict[str, np.ndarray]
     scaled = {
         size: torch.nn.functional.interpolate(
             glyphs, size=(size, size), mode="bilinear", align_corners=False
-        )[:, 0].clamp(0, 1).numpy()
+        )[:, 0]
+        .clamp(0, 1)
+        .numpy()
         for size in DIGIT_SIZES
     }
     order = np.random.default_rng(_SOURCE_SEED).permutation(len(glyphs))

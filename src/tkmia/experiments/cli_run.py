@@ -115,8 +115,11 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
         for value in opts.get(key) or []:
             bad = not _is_number(value) or not math.isfinite(value)
             if bad or (value < 0 if allow_zero else value <= 0):
-                need = "a finite number >= 0 (0 turns the penalty off)" if allow_zero else (
-                    "a finite number > 0" if key != "max_iter" else "a positive integer")
+                need = (
+                    "a finite number >= 0 (0 turns the penalty off)"
+                    if allow_zero
+                    else ("a finite number > 0" if key != "max_iter" else "a positive integer")
+                )
                 raise InputError(f"--{key.replace('_', '-')} must be {need}, got {value!r}")
     configs = []
     for method in dict.fromkeys(methods):
@@ -132,9 +135,7 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
     return configs
 
 
-def build_settings(
-    opts: dict[str, Any], dataset_name: str, classes: list[str]
-) -> list[Setting]:
+def build_settings(opts: dict[str, Any], dataset_name: str, classes: list[str]) -> list[Setting]:
     """Every (scheme, k, group or n, threshold) the run covers, validated."""
     from tkmia.data.groups import GROUPS, resolve_group
 
@@ -146,8 +147,10 @@ def build_settings(
     for k in ks:
         if "global" in schemes:
             check_scheme("global", k, c, None, None)
-            groups = opts.get("groups") or DEFAULT_GROUPS.get(dataset_name) or list(
-                GROUPS.get(dataset_name, {})
+            groups = (
+                opts.get("groups")
+                or DEFAULT_GROUPS.get(dataset_name)
+                or list(GROUPS.get(dataset_name, {}))
             )
             if not groups:
                 raise InputError(
@@ -198,11 +201,13 @@ def _check_writable(out: Path) -> None:
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise InputError(f"--out {str(out)!r} cannot be created: {str(probe)!r} is a file, "
-                         "not a folder")
+        raise InputError(
+            f"--out {str(out)!r} cannot be created: {str(probe)!r} is a file, not a folder"
+        )
     if not os.access(probe, os.W_OK):
-        raise InputError(f"--out {str(out)!r} cannot be written: no write permission in "
-                         f"{str(probe)!r}")
+        raise InputError(
+            f"--out {str(out)!r} cannot be written: no write permission in {str(probe)!r}"
+        )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -296,8 +301,14 @@ def run_command(args: argparse.Namespace) -> int:
         )
     try:
         rows = run(
-            config, model, dataset, out, device=device, progress=opts["progress"],
-            skip_bad_images=bool(opts.get("skip_bad_images", False)), dist=dist,
+            config,
+            model,
+            dataset,
+            out,
+            device=device,
+            progress=opts["progress"],
+            skip_bad_images=bool(opts.get("skip_bad_images", False)),
+            dist=dist,
         )
         if dist.is_main:
             save_rule(out, "success", select_tol, select_scope)

@@ -88,15 +88,16 @@ def train_command(args: argparse.Namespace) -> int:
         test_set = open_dataset("digits", "test", seed=args.seed)
     elif args.dataset == "folder":
         if args.test_csv is None:
-            raise InputError("dataset 'folder' needs --csv (training images) and --test-csv "
-                             "(test images)")
+            raise InputError(
+                "dataset 'folder' needs --csv (training images) and --test-csv (test images)"
+            )
         train_set = open_dataset("folder", "train", args.root, args.image_size, args.csv)
         test_set = open_dataset("folder", "test", args.root, args.image_size, args.test_csv)
     else:
-        train_set = open_dataset(args.dataset, TRAIN_SPLIT[args.dataset], args.root,
-                                 args.image_size)
-        test_set = open_dataset(args.dataset, EVAL_SPLIT[args.dataset], args.root,
-                                args.image_size)
+        train_set = open_dataset(
+            args.dataset, TRAIN_SPLIT[args.dataset], args.root, args.image_size
+        )
+        test_set = open_dataset(args.dataset, EVAL_SPLIT[args.dataset], args.root, args.image_size)
     classes = list(train_set.classes)
     if list(test_set.classes) != classes:
         raise InputError("the training and test files name different classes")
@@ -109,21 +110,43 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         image_size = int(train_set[0][0].shape[-1]) if len(train_set) else args.image_size
-    meta = {"arch": arch, "classes": classes, "image_size": image_size, "mean": mean,
-            "std": std, "dataset": args.dataset}
+    meta = {
+        "arch": arch,
+        "classes": classes,
+        "image_size": image_size,
+        "mean": mean,
+        "std": std,
+        "dataset": args.dataset,
+    }
     torch.manual_seed(args.seed)
     model = build_model(meta)  # in the architecture's memory layout (checkpoints: contiguous)
     if not builtin:
         if args.weights is not None:
             load_imagenet_weights(model.net, args.weights)
         else:
-            print("tkmia train: no --weights given, training from random initialisation "
-                  "(the paper fine-tunes ImageNet weights)", file=sys.stderr)
-    print(f"tkmia train: {args.dataset}, {len(train_set)} training and {len(test_set)} test "
-          f"images, {len(classes)} classes, {arch}, {config.epochs} epochs -> {out}", flush=True)
-    best = train_model(model, train_set, test_set, config, out, meta, device=device,
-                       progress=not args.no_progress and sys.stderr.isatty())
+            print(
+                "tkmia train: no --weights given, training from random initialisation "
+                "(the paper fine-tunes ImageNet weights)",
+                file=sys.stderr,
+            )
+    print(
+        f"tkmia train: {args.dataset}, {len(train_set)} training and {len(test_set)} test "
+        f"images, {len(classes)} classes, {arch}, {config.epochs} epochs -> {out}",
+        flush=True,
+    )
+    best = train_model(
+        model,
+        train_set,
+        test_set,
+        config,
+        out,
+        meta,
+        device=device,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     remove_stale_temporaries(Path(out))  # what an interrupted earlier run left
-    print(f"best checkpoint: {Path(out) / 'best.safetensors'} (epoch {best['epoch']}, "
-          f"test mAP {best['test_map']:.4f})")
+    print(
+        f"best checkpoint: {Path(out) / 'best.safetensors'} (epoch {best['epoch']}, "
+        f"test mAP {best['test_map']:.4f})"
+    )
     return 0

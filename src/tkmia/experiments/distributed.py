@@ -126,9 +126,7 @@ def init_from_env(device: str) -> tuple[DistInfo, str]:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        timeout = datetime.timedelta(
-            seconds=_env_int("TKMIA_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)
-        )
+        timeout = datetime.timedelta(seconds=_env_int("TKMIA_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
         kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
         if backend == "nccl":
             kwargs["device_id"] = torch.device(device)

@@ -67,8 +67,9 @@ def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     Gaussian applied as two 1-D passes (it is separable).
     """
     if clean.shape != adv.shape or clean.dim() != 4:
-        raise InputError(f"ssim takes two (B, C, H, W) tensors, got {tuple(clean.shape)} "
-                         f"and {tuple(adv.shape)}")
+        raise InputError(
+            f"ssim takes two (B, C, H, W) tensors, got {tuple(clean.shape)} and {tuple(adv.shape)}"
+        )
     b, c, h, w = clean.shape
     size = min(SSIM_WINDOW, h, w)
     size -= 1 - size % 2  # odd
@@ -121,8 +122,9 @@ def make_records(
         "iterations": result.iterations.tolist(),
         "n_specified": result.specified.sum(dim=1).tolist(),
         "required": result.required.tolist(),
-        "delta_n": removed_count(result.clean_scores, result.adv_scores, result.specified, k)
-        .tolist(),
+        "delta_n": removed_count(
+            result.clean_scores, result.adv_scores, result.specified, k
+        ).tolist(),
     }
     for name, fn in MEASURES.items():
         out[f"{name}_clean"] = fn(result.clean_scores, labels, k).tolist()

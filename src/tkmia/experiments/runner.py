@@ -166,9 +166,7 @@ def select(
         if setting.scheme == "global":
             spec, ok = select_global(labels, scores, setting.group_indices, setting.k)
         else:
-            spec, ok = select_random(
-                labels, scores, setting.n, setting.k, seed, range(start, stop)
-            )
+            spec, ok = select_random(labels, scores, setting.n, setting.k, seed, range(start, stop))
         ok = ok & ~cache.bad[start:stop]
         for row in torch.nonzero(ok).flatten().tolist():
             if len(chosen) == samples:

@@ -61,9 +61,7 @@ def rule_text(rule: str = "success", tol: float = DEFAULT_TOL, scope: str = DEFA
     check_rule(rule, tol, scope)
     text = f"highest success rate; within {tol:g} of it, the smallest APer"
     if scope == "all":
-        text += (
-            " (means over all settings: one configuration per method for every setting)"
-        )
+        text += " (means over all settings: one configuration per method for every setting)"
     return text
 
 
@@ -150,8 +148,9 @@ def has_grid(rows: Sequence[dict[str, Any]]) -> bool:
 RULE_FILE = "selection.json"
 
 
-def save_rule(out: Path, rule: str = "success", tol: float = DEFAULT_TOL,
-              scope: str = DEFAULT_SCOPE) -> None:
+def save_rule(
+    out: Path, rule: str = "success", tol: float = DEFAULT_TOL, scope: str = DEFAULT_SCOPE
+) -> None:
     """Store the rule in ``out/selection.json`` (atomically)."""
     check_rule(rule, tol, scope)
     data = {"rule": rule, "tol": tol, "scope": scope, "text": rule_text(rule, tol, scope)}

@@ -100,9 +100,14 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
             # torch's message runs over several lines (and suggests allow-listing the
             # global): keep only what the file holds
             found = re.search(r"Unsupported global: (GLOBAL [^ ]+)", str(err))
-            why = f"it holds pickled Python objects ({found.group(1)})" if found else (
-                "it is not a weights-only torch file: " + (str(err).strip().splitlines()
-                                                           or [type(err).__name__])[0])
+            why = (
+                f"it holds pickled Python objects ({found.group(1)})"
+                if found
+                else (
+                    "it is not a weights-only torch file: "
+                    + (str(err).strip().splitlines() or [type(err).__name__])[0]
+                )
+            )
             raise InputError(
                 f"refusing to load {str(path)!r}: {why}; only safetensors files or state "
                 "dicts of tensors are accepted (a pickle could run code)"

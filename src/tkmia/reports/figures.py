@@ -27,8 +27,9 @@ def _img(t: torch.Tensor):
     return t.permute(1, 2, 0).clamp(0, 1).numpy()
 
 
-def _topk_text(scores: torch.Tensor, labels: torch.Tensor, spec: torch.Tensor, k: int,
-               classes: list[str]) -> str:
+def _topk_text(
+    scores: torch.Tensor, labels: torch.Tensor, spec: torch.Tensor, k: int, classes: list[str]
+) -> str:
     """Top-k labels, marked ✓ relevant, ✗ irrelevant, ★ specified."""
     names = []
     for j in scores.topk(k).indices.tolist():
@@ -66,8 +67,11 @@ def example_figure(
     if not files:
         return None
     order = list(METHOD_TITLES)
-    files.sort(key=lambda p: order.index(p.stem.split("-")[0]) if p.stem.split("-")[0] in order
-               else len(order))
+    files.sort(
+        key=lambda p: (
+            order.index(p.stem.split("-")[0]) if p.stem.split("-")[0] in order else len(order)
+        )
+    )
     data = [(p.stem.split("-")[0], load_file(str(p))) for p in files]
     n_img = min(d["clean"].shape[0] for _, d in data)
     cols = 1 + 2 * len(data)
@@ -167,8 +171,9 @@ def measure_bars(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         label = METHOD_TITLES.get(row["method"], str(row["method"]))
         if grid:
             label += (
-                f" (it={row['max_iter']})" if row["method"] == "kfool" else
-                f" (lr={row['lr']}, λ={row['lam']}, it={row['max_iter']})"
+                f" (it={row['max_iter']})"
+                if row["method"] == "kfool"
+                else f" (lr={row['lr']}, λ={row['lam']}, it={row['max_iter']})"
             )
         rank = order.index(row["method"]) if row["method"] in order else len(order)
         keyed.append((rank, label, row))
@@ -181,9 +186,7 @@ def measure_bars(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(titles) + 1.5), 3.4))
         for j, (label, by_setting) in enumerate(series.items()):
             xs = [i - 0.4 + width * (j + 0.5) for i in range(len(titles))]
-            ys = [
-                _value(by_setting[t], column) if t in by_setting else math.nan for t in titles
-            ]
+            ys = [_value(by_setting[t], column) if t in by_setting else math.nan for t in titles]
             ax.bar(xs, [0.0 if math.isnan(y) else y for y in ys], width, label=label)
             for x, y in zip(xs, ys, strict=True):
                 if math.isnan(y):

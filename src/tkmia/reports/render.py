@@ -137,8 +137,11 @@ def report_command(args: argparse.Namespace) -> int:
         from tkmia.experiments.selection import check_rule, load_rule
 
         rule = load_rule(out)
-        check_rule(rule["rule"], rule["tol"] if tol is None else tol,
-                   rule["scope"] if scope is None else scope)
+        check_rule(
+            rule["rule"],
+            rule["tol"] if tol is None else tol,
+            rule["scope"] if scope is None else scope,
+        )
     print(render(out, tol=tol, scope=scope))
     print(f"results: {out}")
     return 0

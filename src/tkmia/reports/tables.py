@@ -123,9 +123,7 @@ def latex_tables(
             "\\midrule",
         ]
         for row in group:
-            cells = " & ".join(
-                _cell(c, row.get(c)).replace("–", "--") for c, _ in TABLE_COLUMNS
-            )
+            cells = " & ".join(_cell(c, row.get(c)).replace("–", "--") for c, _ in TABLE_COLUMNS)
             label = _latex_escape(_method_label(row, group))
             if _marked(row, ids):
                 label = f"\\textbf{{{label}}}"
@@ -136,7 +134,13 @@ def latex_tables(
 
 
 def _latex_escape(text: str) -> str:
-    for char, repl in (("&", r"\&"), ("_", r"\_"), ("%", r"\%"), ("#", r"\#"),
-                       ("λ", r"$\lambda$"), ("∞", r"$\infty$")):
+    for char, repl in (
+        ("&", r"\&"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("#", r"\#"),
+        ("λ", r"$\lambda$"),
+        ("∞", r"$\infty$"),
+    ):
         text = text.replace(char, repl)
     return text.replace("·", r"$\cdot$")
