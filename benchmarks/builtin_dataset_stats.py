@@ -37,7 +37,7 @@ def main() -> None:
             [model(data.images[i : i + 500].float() / 255) for i in range(0, len(data), 500)]
         )
     labels = data.labels
-    print(f"built-in model, {args.split} mAP: {mean_average_precision(scores, labels):.4f}")
+    print(f"built-in model, {args.split} mAP: {float(mean_average_precision(scores, labels)):.4f}")
     print(f"eligible {args.split} images (of {len(data)}):")
     for k in (2, 3):
         for spec in DEFAULT_GROUPS["digits"]:

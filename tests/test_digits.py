@@ -70,7 +70,7 @@ def test_shipped_model_reaches_its_recorded_test_map() -> None:
             [model(data.images[i : i + 500].float() / 255) for i in range(0, len(data), 500)]
         )
     assert scores.shape == (2000, 20)
-    test_map = mean_average_precision(scores, data.labels)
+    test_map = float(mean_average_precision(scores, data.labels))
     assert test_map == pytest.approx(meta["test_map"], abs=1e-4)
     assert 0.85 <= test_map <= 0.95
 

@@ -360,8 +360,9 @@ def test_class_average_precision_matches_sklearn(n: int, c: int) -> None:
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), equal_nan=True)
     assert got[2].item() == pytest.approx(1.0)
 
-    m = mean_average_precision(torch.from_numpy(scores), torch.from_numpy(labels))
-    assert isinstance(m, float)
+    m_t = mean_average_precision(torch.from_numpy(scores), torch.from_numpy(labels))
+    assert isinstance(m_t, torch.Tensor) and m_t.dim() == 0
+    m = float(m_t)
     assert m == pytest.approx(float(np.nanmean(want)))
     keep = labels.sum(axis=0) > 0
     with warnings.catch_warnings():
@@ -375,7 +376,7 @@ def test_class_average_precision_hand_made() -> None:
     scores = torch.tensor([[0.9], [0.8], [0.7], [0.1]], dtype=torch.float64)
     labels = torch.tensor([[0], [1], [1], [0]], dtype=torch.float64)
     assert class_average_precision(scores, labels).item() == pytest.approx(7 / 12)
-    assert mean_average_precision(scores, labels) == pytest.approx(7 / 12)
+    assert float(mean_average_precision(scores, labels)) == pytest.approx(7 / 12)
 
 
 # --------------------------------------------------------------------------------------
@@ -450,3 +451,16 @@ def test_class_average_precision_validation() -> None:
         class_average_precision(torch.rand(4), torch.ones(4))
     with pytest.raises(ValueError, match="shape"):
         mean_average_precision(torch.rand(4, 3), torch.ones(3, 3))
+
+
+def test_perturbation_norms_against_numpy() -> None:
+    from tkmia.metrics import l2_norm, linf_norm
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 2, 4, 5, generator=g, dtype=torch.float64)
+    b = torch.rand(3, 2, 4, 5, generator=g, dtype=torch.float64)
+    d = (b - a).numpy().reshape(3, -1)
+    np.testing.assert_allclose(l2_norm(a, b).numpy(), np.sqrt((d**2).sum(axis=1)), rtol=1e-12)
+    np.testing.assert_allclose(linf_norm(a, b).numpy(), np.abs(d).max(axis=1), rtol=0)
+    with pytest.raises(InputError, match="same shape"):
+        l2_norm(a, b[:2])

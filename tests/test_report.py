@@ -11,16 +11,10 @@ import torch
 from PIL import Image
 
 from tkmia.cli import main
-from tkmia.experiments.records import (
-    make_records,
-    psnr,
-    quantize_uint8,
-    read_all_records,
-    ssim,
-    to_uint8,
-)
+from tkmia.experiments.records import make_records, quantize_uint8, read_all_records, to_uint8
 from tkmia.experiments.runner import SUMMARY_COLUMNS, RunConfig, quantised_success, run
 from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.metrics import psnr, ssim
 from tkmia.reports.figures import BAR_MEASURES
 
 from _toys import TopKDataset, make_cnn, make_problem
@@ -200,3 +194,28 @@ def test_psnr() -> None:
     b = a + 0.1
     assert float(psnr(a, b)[0]) == pytest.approx(20.0, abs=1e-4)
     assert math.isfinite(float(psnr(a, a)[0]))
+
+
+def test_importing_and_drawing_leave_the_callers_matplotlib_alone(results, tmp_path) -> None:
+    """No tkmia module picks a matplotlib backend or leaves pyplot figures open."""
+    import subprocess
+    import sys
+
+    out, _, _ = results
+    code = f"""
+import pkgutil, importlib, matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+import tkmia
+for mod in pkgutil.walk_packages(tkmia.__path__, "tkmia."):
+    if mod.name != "tkmia.__main__":
+        importlib.import_module(mod.name)
+from tkmia.reports.render import render
+render(__import__("pathlib").Path({str(out)!r}))
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert plt.get_fignums() == [], plt.get_fignums()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -1,4 +1,5 @@
-"""Top-k ranking measures of SPEC §2, as pure functions on tensors.
+"""Measures of SPEC §2 as pure functions on tensors: the top-k ranking measures, ΔN, the
+training-time mAP, and the size and visibility of a perturbation (L2, L∞, PSNR, SSIM).
 
 Every per-sample measure takes ``scores`` ``(B, c)`` (any real scores: logits or
 probabilities; only their order matters), ``labels`` ``(B, c)`` with entries in {0, 1} and
@@ -19,10 +20,14 @@ from tkmia.errors import InputError
 __all__ = [
     "ap_at_k",
     "class_average_precision",
+    "l2_norm",
+    "linf_norm",
     "mean_average_precision",
     "ndcg_at_k",
     "precision_at_k",
+    "psnr",
     "removed_count",
+    "ssim",
     "topk_accuracy",
     "topk_indices",
     "topk_mask",
@@ -141,7 +146,84 @@ def class_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch
     return torch.where(n_pos > 0, ap, torch.full_like(ap, float("nan")))
 
 
-def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over classes (with at least one positive) of :func:`class_average_precision`."""
+def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over classes (with at least one positive) of :func:`class_average_precision`:
+    a 0-dim float64 tensor (``float(...)`` for a number), like every measure here."""
     ap = class_average_precision(scores, labels)
-    return float(ap[~ap.isnan()].mean())
+    return ap[~ap.isnan()].mean()
+
+
+# ------------------------------------------------------------ perturbation size and quality
+def _check_pair(clean: torch.Tensor, adv: torch.Tensor) -> None:
+    if clean.shape != adv.shape or clean.dim() != 4:
+        raise InputError(
+            f"expected two image batches of the same shape (B, C, H, W), got "
+            f"{tuple(clean.shape)} and {tuple(adv.shape)}"
+        )
+
+
+def l2_norm(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """``‖x' − x‖₂`` over all pixels of each image (pixels in [0, 1]), ``(B,)``."""
+    _check_pair(clean, adv)
+    return (adv - clean).flatten(1).norm(dim=1)
+
+
+def linf_norm(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """``‖x' − x‖∞``: the largest change of any pixel of each image, ``(B,)``."""
+    _check_pair(clean, adv)
+    return (adv - clean).flatten(1).abs().amax(dim=1)
+
+
+def psnr(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for pixels in [0, 1], per sample ``(B,)``.
+
+    Identical images (MSE 0) get ``inf``'s stand-in of 200 dB (MSE clamped at 1e-20).
+    """
+    _check_pair(clean, adv)
+    mse = (adv - clean).double().pow(2).flatten(1).mean(dim=1)
+    return (10 * torch.log10(1.0 / mse.clamp(min=1e-20))).float()
+
+
+#: SSIM constants of Wang et al. (2004) for pixels in [0, 1]: a Gaussian window of
+#: side 11 and standard deviation 1.5, K1 = 0.01, K2 = 0.03.
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+
+
+def _gaussian_taps(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) per sample ``(B,)``, pixels in [0, 1].
+
+    The standard Gaussian-window SSIM: local means, variances and covariance weighted by
+    an 11 × 11 Gaussian (σ = 1.5), ``C1 = (0.01)^2``, ``C2 = (0.03)^2``, the SSIM map
+    computed per channel at every position where the window fits inside the image, then
+    averaged over positions and channels. This equals scikit-image's
+    ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1, channel_axis=0)``. Images smaller than
+    11 pixels use the largest odd window that fits. Computed in float64 with the
+    Gaussian applied as two 1-D passes (it is separable).
+    """
+    _check_pair(clean, adv)
+    b, c, h, w = clean.shape
+    size = min(SSIM_WINDOW, h, w)
+    size -= 1 - size % 2  # odd
+    x, y = clean.double(), adv.double()
+    taps = _gaussian_taps(size, SSIM_SIGMA).to(x.device)
+    down = taps.view(1, 1, size, 1).expand(c, 1, size, 1).contiguous()
+    across = taps.view(1, 1, 1, size).expand(c, 1, 1, size).contiguous()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        conv = torch.nn.functional.conv2d
+        return conv(conv(t, down, groups=c), across, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return smap.flatten(1).mean(dim=1).float()

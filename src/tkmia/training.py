@@ -94,7 +94,7 @@ def evaluate_map(
     for images, lab in loader:
         scores.append(model(images.to(device)).float().cpu())
         labels.append(lab.float())
-    return mean_average_precision(torch.cat(scores), torch.cat(labels))
+    return float(mean_average_precision(torch.cat(scores), torch.cat(labels)))
 
 
 def _lr_at(step: int, total: int, peak: float) -> float:

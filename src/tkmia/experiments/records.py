@@ -7,8 +7,8 @@ the file is read back (and cut off before a resumed run appends). A single proce
 ``<method>.jsonl``; rank ``r`` of a distributed run writes ``<method>.rank<r>.jsonl``
 (see :func:`record_files`).
 
-Also here: the image-quality measures of a perturbation (PSNR, SSIM) and the 8-bit
-quantisation an attacker faces when the adversarial image is saved as a PNG.
+Also here: the 8-bit quantisation an attacker faces when the adversarial image is saved
+as a PNG.
 """
 
 from __future__ import annotations
@@ -22,9 +22,18 @@ from typing import Any
 import torch
 
 from tkmia.attacks import AttackResult
-from tkmia.errors import InputError
 from tkmia.files import write_text_atomic
-from tkmia.metrics import ap_at_k, ndcg_at_k, precision_at_k, removed_count, topk_accuracy
+from tkmia.metrics import (
+    ap_at_k,
+    l2_norm,
+    linf_norm,
+    ndcg_at_k,
+    precision_at_k,
+    psnr,
+    removed_count,
+    ssim,
+    topk_accuracy,
+)
 
 MEASURES = {
     "tkacc": topk_accuracy,
@@ -32,63 +41,6 @@ MEASURES = {
     "map_at_k": ap_at_k,
     "ndcg_at_k": ndcg_at_k,
 }
-
-
-def psnr(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for pixels in [0, 1], per sample ``(B,)``.
-
-    Identical images (MSE 0) get ``inf``'s stand-in of 200 dB (MSE clamped at 1e-20).
-    """
-    mse = (adv - clean).double().pow(2).flatten(1).mean(dim=1)
-    return (10 * torch.log10(1.0 / mse.clamp(min=1e-20))).float()
-
-
-#: SSIM constants of Wang et al. (2004) for pixels in [0, 1]: a Gaussian window of
-#: side 11 and standard deviation 1.5, K1 = 0.01, K2 = 0.03.
-SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
-
-
-def _gaussian_taps(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004) per sample ``(B,)``, pixels in [0, 1].
-
-    The standard Gaussian-window SSIM: local means, variances and covariance weighted by
-    an 11 × 11 Gaussian (σ = 1.5), ``C1 = (0.01)^2``, ``C2 = (0.03)^2``, the SSIM map
-    computed per channel at every position where the window fits inside the image, then
-    averaged over positions and channels. This equals scikit-image's
-    ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=1, channel_axis=0)``. Images smaller than
-    11 pixels use the largest odd window that fits. Computed in float64 with the
-    Gaussian applied as two 1-D passes (it is separable).
-    """
-    if clean.shape != adv.shape or clean.dim() != 4:
-        raise InputError(
-            f"ssim takes two (B, C, H, W) tensors, got {tuple(clean.shape)} and {tuple(adv.shape)}"
-        )
-    b, c, h, w = clean.shape
-    size = min(SSIM_WINDOW, h, w)
-    size -= 1 - size % 2  # odd
-    x, y = clean.double(), adv.double()
-    taps = _gaussian_taps(size, SSIM_SIGMA).to(x.device)
-    down = taps.view(1, 1, size, 1).expand(c, 1, size, 1).contiguous()
-    across = taps.view(1, 1, 1, size).expand(c, 1, 1, size).contiguous()
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        conv = torch.nn.functional.conv2d
-        return conv(conv(t, down, groups=c), across, groups=c)
-
-    mx, my = blur(x), blur(y)
-    vx = blur(x * x) - mx * mx
-    vy = blur(y * y) - my * my
-    cxy = blur(x * y) - mx * my
-    c1, c2 = SSIM_K1**2, SSIM_K2**2
-    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return smap.flatten(1).mean(dim=1).float()
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -129,12 +81,11 @@ def make_records(
     for name, fn in MEASURES.items():
         out[f"{name}_clean"] = fn(result.clean_scores, labels, k).tolist()
         out[f"{name}_adv"] = fn(result.adv_scores, labels, k).tolist()
-    delta = (result.adv_images - images.to(result.adv_images.device)).flatten(1)
-    out["l2"] = delta.norm(dim=1).tolist()
-    out["linf"] = delta.abs().amax(dim=1).tolist()
-    clean = images.to(result.adv_images.device)
-    out["psnr"] = psnr(clean, result.adv_images).tolist()
-    out["ssim"] = ssim(clean, result.adv_images.detach()).tolist()
+    clean, adv = images.to(result.adv_images.device), result.adv_images.detach()
+    out["l2"] = l2_norm(clean, adv).tolist()
+    out["linf"] = linf_norm(clean, adv).tolist()
+    out["psnr"] = psnr(clean, adv).tolist()
+    out["ssim"] = ssim(clean, adv).tolist()
     if success_uint8 is not None:
         out["success_uint8"] = success_uint8.bool().tolist()
     out["specified"] = [torch.nonzero(r).flatten().tolist() for r in result.specified]

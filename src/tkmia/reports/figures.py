@@ -9,16 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from safetensors.torch import load_file
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from tkmia.experiments.records import MEASURES  # noqa: E402
-from tkmia.experiments.settings import METHOD_TITLES  # noqa: E402
-from tkmia.files import atomic_path  # noqa: E402
+from tkmia.experiments.records import MEASURES
+from tkmia.experiments.settings import METHOD_TITLES
+from tkmia.files import atomic_path
 
 SHORT = {"tkacc": "TkAcc", "p_at_k": "P@k", "map_at_k": "AP@k", "ndcg_at_k": "NDCG@k"}
 
@@ -75,7 +72,8 @@ def example_figure(
     data = [(p.stem.split("-")[0], load_file(str(p))) for p in files]
     n_img = min(d["clean"].shape[0] for _, d in data)
     cols = 1 + 2 * len(data)
-    fig, axes = plt.subplots(n_img, cols, figsize=(2.3 * cols, 2.9 * n_img), squeeze=False)
+    fig = Figure(figsize=(2.3 * cols, 2.9 * n_img))
+    axes = fig.subplots(n_img, cols, squeeze=False)
     for i in range(n_img):
         first = data[0][1]
         labels, spec = first["labels"][i], first["specified"][i].bool()
@@ -115,13 +113,12 @@ def example_figure(
     return out_png
 
 
-def _save(fig, out_png: Path, dpi: int) -> None:
-    """Save atomically (a temporary file, then a rename) and close the figure."""
-    try:
-        with atomic_path(out_png) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-    finally:
-        plt.close(fig)
+def _save(fig: Figure, out_png: Path, dpi: int) -> None:
+    """Save atomically (a temporary file, then a rename). Figures are drawn on
+    :class:`matplotlib.figure.Figure` objects with their own Agg canvas, never through
+    pyplot, so drawing them leaves the caller's matplotlib backend and open figures alone."""
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
 
 
 #: (summary column, axis label, file name) of the bar charts, in the paper's order.
@@ -183,7 +180,8 @@ def measure_bars(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     width = 0.8 / max(len(series), 1)
     paths = []
     for column, axis_label, name in BAR_MEASURES:
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(titles) + 1.5), 3.4))
+        fig = Figure(figsize=(max(4.0, 1.4 * len(titles) + 1.5), 3.4))
+        ax = fig.subplots()
         for j, (label, by_setting) in enumerate(series.items()):
             xs = [i - 0.4 + width * (j + 0.5) for i in range(len(titles))]
             ys = [_value(by_setting[t], column) if t in by_setting else math.nan for t in titles]
