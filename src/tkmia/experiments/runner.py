@@ -498,7 +498,7 @@ def collect_rows(
             mpath = sdir / f"{mkey}.json"
             if not mpath.is_file():
                 continue
-            method = MethodConfig(**json.loads(mpath.read_text()))
+            method = MethodConfig.from_dict(json.loads(mpath.read_text()))
             records = read_all_records(sdir, mkey)
             if selected is not None:  # records of images no longer selected do not count
                 keep = set(selected)
@@ -533,9 +533,11 @@ def _summary_row(
         "n": setting.n if setting.n is not None else "",
         "threshold": setting.effective_threshold if setting.scheme == "random" else "all",
         "method": method.method,
-        "lr": method.lr if method.lr is not None else "",
-        "lam": method.lam if method.lam is not None else "",
-        "max_iter": method.max_iter,
+        **{
+            name: "" if value is None else value
+            for name, value in method.as_dict().items()
+            if name != "method"
+        },
         "skipped": skipped,
     }
     return row | summarise(records)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from tkmia.attacks import MLCWU, Attack, KFool, TkMIA, TkMLAPU
+from tkmia.attacks import Attack
 from tkmia.errors import InputError
+from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY, MethodSpec, method_spec
 
-METHODS = ("tkmia", "tkmlapu", "kfool", "mlcwu")
-METHOD_TITLES = {"tkmia": "TkMIA", "tkmlapu": "TkML-AP-U", "kfool": "kFool", "mlcwu": "ML-CW-U"}
+METHODS = tuple(REGISTRY)
+METHOD_TITLES = {name: spec.title for name, spec in REGISTRY.items()}
 
 
 @dataclass(frozen=True)
@@ -47,26 +49,70 @@ class Setting:
         return f"S2 random, n={self.n}, t={self.effective_threshold}, k={self.k}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class MethodConfig:
-    """An attack and its hyper-parameters (lr and lam are None for kFool)."""
+    """An attack and the values of its hyper-parameters (see :mod:`tkmia.experiments.methods`).
+
+    ``MethodConfig("tkmia", max_iter=300, lr=1e-4, lam=1e-3)``: every hyper-parameter the
+    method takes must be given, and none it does not take (``None`` counts as not given, so
+    a row or JSON object with ``lr=None`` for kFool reads back).
+
+    Attributes:
+        method: the registry name.
+        items: ``((name, value), ...)`` in configuration-key order; see :attr:`params`.
+    """
 
     method: str
-    max_iter: int
-    lr: float | None = None
-    lam: float | None = None
+    items: tuple[tuple[str, float | int], ...]
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
-        if self.method != "kfool" and (self.lr is None or self.lam is None):
-            raise InputError(f"method {self.method!r} needs lr and lam")
+    def __init__(self, method: str, **params: float | int | None) -> None:
+        spec = method_spec(method)
+        given = {name: value for name, value in params.items() if value is not None}
+        unknown = sorted(set(given) - set(spec.defaults))
+        if unknown:
+            raise InputError(
+                f"method {method!r} takes no hyper-parameter {unknown}; it takes "
+                f"{list(spec.defaults)}"
+            )
+        missing = [name for name in spec.defaults if name not in given]
+        if missing:
+            raise InputError(f"method {method!r} needs {' and '.join(missing)}")
+        items = tuple((name, HYPERPARAMETERS[name].kind(given[name])) for name in spec.defaults)
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "items", items)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
+        """Read back :meth:`as_dict`'s object, or a summary row (values may be text, and
+        hyper-parameters the method lacks ``None`` or ``""``)."""
+        params = {
+            name: HYPERPARAMETERS[name].kind(float(data[name]))
+            for name in HYPERPARAMETERS
+            if data.get(name) not in (None, "")
+        }
+        return cls(str(data["method"]), **params)
+
+    @property
+    def params(self) -> dict[str, float | int]:
+        """The hyper-parameters, ``{name: value}`` in configuration-key order."""
+        return dict(self.items)
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's registry entry."""
+        return method_spec(self.method)
+
+    @property
+    def title(self) -> str:
+        """What tables and figures call the method."""
+        return self.spec.title
 
     @property
     def key(self) -> str:
-        if self.method == "kfool":
-            return f"kfool-it{self.max_iter}"
-        return f"{self.method}-lr{self.lr:g}-lam{self.lam:g}-it{self.max_iter}"
+        """A file-name-safe identifier: the method and its hyper-parameters
+        (``tkmia-lr0.0001-lam0.001-it300``, ``kfool-it300``)."""
+        parts = [f"{HYPERPARAMETERS[name].short}{value:g}" for name, value in self.items]
+        return "-".join([self.method, *parts])
 
     def build(
         self,
@@ -75,10 +121,9 @@ class MethodConfig:
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> Attack:
         """The attack object for top-``k``."""
-        if self.method == "kfool":
-            return KFool(model, k, max_iter=self.max_iter, normalize=normalize)
-        cls = {"tkmia": TkMIA, "tkmlapu": TkMLAPU, "mlcwu": MLCWU}[self.method]
-        return cls(model, k, lr=self.lr, lam=self.lam, max_iter=self.max_iter, normalize=normalize)
+        return self.spec.cls(model, k, normalize=normalize, **self.params)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        """``{"method": ..., <every hyper-parameter of the registry>: value or None}``."""
+        params = self.params
+        return {"method": self.method} | {name: params.get(name) for name in HYPERPARAMETERS}

@@ -96,12 +96,7 @@ def render(
         titles: dict[str, tuple[str, int]] = {}
         for row in selected:
             key = _setting_key(row)
-            method = MethodConfig(
-                row["method"],
-                int(row["max_iter"]),
-                float(row["lr"]) if row["lr"] not in ("", None) else None,
-                float(row["lam"]) if row["lam"] not in ("", None) else None,
-            )
+            method = MethodConfig.from_dict(row)
             by_setting.setdefault(key, []).append(method.key)
             titles.setdefault(key, (setting_title(row), int(row["k"])))
         for key, methods in by_setting.items():
