@@ -72,8 +72,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
-from tkmia.attacks.base import Attack, model_memory_format
+from tkmia.attacks import MLCWU, Attack, KFool, TkMIA, TkMLAPU
+from tkmia.attacks.layout import model_memory_format
 from tkmia.losses import tkmia_grad
 from tkmia.metrics import topk_indices
 from tkmia.runtime import retain_freed_memory

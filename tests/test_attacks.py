@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
-from tkmia.attacks.base import EPS, _to_pixels
+from tkmia.attacks.loss import sgd_step
+from tkmia.attacks.pixels import EPS, PixelMap, to_pixels
 from tkmia.errors import InputError
 from tkmia.losses import mlcw_loss, tkmia_loss, tkmlap_loss
 from tkmia.metrics import removed_count, topk_mask
@@ -129,7 +130,7 @@ def test_change_of_variables_round_trips() -> None:
     x = torch.rand(2, 3, 8, 8)
     x[0, 0, 0, 0] = 0.0
     x[1, 0, 0, 0] = 1.0
-    back = _to_pixels(torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1))
+    back = to_pixels(torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1))
     assert (back - x).abs().max() <= 2 * EPS
 
 
@@ -236,7 +237,7 @@ def test_kfool_crosses_a_linear_boundary_in_one_step() -> None:
     # closed form: r = |d| g / ‖g‖², g = W_1 − W_0, d = f_1 − f_0 = −1
     g = w[1] - w[0]
     r = 1.0 * g / g.dot(g)
-    expect = _to_pixels(torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1) + 1.02 * r.view(1, 3, 2, 2))
+    expect = to_pixels(torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1) + 1.02 * r.view(1, 3, 2, 2))
     torch.testing.assert_close(res.adv_images, expect)
     f = model(res.adv_images)[0]
     assert f[1] - f[0] == pytest.approx(0.02, abs=1e-6)
@@ -395,9 +396,7 @@ def test_baseline_targets_choose_the_labels_the_loss_attacks(cls, targets: str) 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_engine_pixels_match_the_change_of_variables_bit_for_bit(dtype) -> None:
-    """The engine's fused transform equals _to_pixels(z0 + v), value and gradient."""
-    from tkmia.attacks.base import _Pixels
-
+    """The engine's fused transform equals to_pixels(z0 + v), value and gradient."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 8, 8, generator=g, dtype=dtype)
     z0 = torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1)
@@ -405,7 +404,7 @@ def test_engine_pixels_match_the_change_of_variables_bit_for_bit(dtype) -> None:
     v0[0] *= 60  # pixels saturated at 0 and 1 too
     weight = torch.randn(x.shape, generator=g, dtype=dtype)
     outs, grads = [], []
-    for fn in (lambda v: _to_pixels(z0 + v), lambda v: _Pixels.apply(z0, v)):
+    for fn in (lambda v: to_pixels(z0 + v), lambda v: PixelMap.apply(z0, v)):
         v = v0.clone().requires_grad_(True)
         out = fn(v)
         (grad,) = torch.autograd.grad((out * weight).sum(), v)
@@ -416,12 +415,12 @@ def test_engine_pixels_match_the_change_of_variables_bit_for_bit(dtype) -> None:
 
 
 def test_pixel_map_is_the_tanh_change_of_variables_and_saturates_alike_at_0_and_1() -> None:
-    """_to_pixels(z) = (tanh(z) + 1)/2 (float64 reference) to float32 resolution (2 ulp
+    """to_pixels(z) = (tanh(z) + 1)/2 (float64 reference) to float32 resolution (2 ulp
     of 1, where float32's own (tanh + 1)/2 is within 1 ulp, and its gradient 1 ulp); it is
     exactly 0 or 1, with a gradient of exactly 0, beyond |z| = 8.7 on both sides (as
     float32's (tanh + 1)/2), and never outside [0, 1]."""
     z = torch.linspace(-60, 60, 200_001, dtype=torch.float32).requires_grad_(True)
-    out = _to_pixels(z)
+    out = to_pixels(z)
     (grad,) = torch.autograd.grad(out.sum(), z)
     x = out.detach()
     ref = (torch.tanh(z.detach().double()) + 1) / 2
@@ -456,7 +455,7 @@ def test_closed_form_objective_gradient_equals_autograd(cls, penalty, monkeypatc
 @pytest.mark.parametrize("penalty", ["w", "pixel"])
 def test_sgd_step_is_torch_sgd(penalty) -> None:
     """LossAttack's step is torch.optim.SGD's (momentum 0.9, weight decay λ on w)."""
-    atk = TkMIA(make_cnn(), K, lr=0.3, lam=0.05, max_iter=5, penalty=penalty)
+    decay = 0.05 if penalty == "w" else 0.0
     g = torch.Generator().manual_seed(0)
     w = torch.randn(2, 3, 4, 4, generator=g)
     param = w.clone().requires_grad_(True)
@@ -468,32 +467,30 @@ def test_sgd_step_is_torch_sgd(penalty) -> None:
         grad = torch.randn(w.shape, generator=g)
         param.grad = grad.clone()
         opt.step()
-        w = atk._sgd_step(w, grad, buf)
+        w = sgd_step(w, grad, buf, 0.3, decay)
         torch.testing.assert_close(w, param.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_sgd_step_with_a_gradient_in_another_memory_layout() -> None:
     """A channels-last gradient (what a channels-last model returns) steps like its
     contiguous copy: the fused kernel must not read it in w's layout."""
-    atk = TkMIA(make_cnn(), K, lr=0.3, lam=0.05, max_iter=5)
     g = torch.Generator().manual_seed(0)
     w = torch.randn(2, 3, 4, 4, generator=g)
     grad = torch.randn(2, 3, 4, 4, generator=g)
-    expected = atk._sgd_step(w.clone(), grad, torch.zeros_like(w))
+    expected = sgd_step(w.clone(), grad, torch.zeros_like(w), 0.3, 0.05)
     last = grad.contiguous(memory_format=torch.channels_last)
     assert last.stride() != grad.stride()
-    assert torch.equal(atk._sgd_step(w.clone(), last, torch.zeros_like(w)), expected)
+    assert torch.equal(sgd_step(w.clone(), last, torch.zeros_like(w), 0.3, 0.05), expected)
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_fused_sgd_step_equals_the_separate_passes(fmt, monkeypatch) -> None:
     """The fused kernel (on flat views of w, grad and the momentum buffer, in their common
     layout) steps w and the buffer in place, bit for bit as the three separate passes."""
-    from tkmia.attacks import base
+    from tkmia.attacks import loss
 
-    if base._FUSED_SGD is None:
+    if loss._FUSED_SGD is None:
         pytest.skip("this PyTorch has no fused SGD kernel")
-    atk = TkMIA(make_cnn(), K, lr=0.3, lam=0.05, max_iter=5)
     g = torch.Generator().manual_seed(0)
     w0 = torch.randn(2, 3, 5, 4, generator=g).contiguous(memory_format=fmt)
     grads = [torch.randn(2, 3, 5, 4, generator=g).contiguous(memory_format=fmt) for _ in range(3)]
@@ -503,12 +500,12 @@ def test_fused_sgd_step_equals_the_separate_passes(fmt, monkeypatch) -> None:
         calls.append(1)
         return fused_sgd(*args, **kwargs)
 
-    fused_sgd, runs = base._FUSED_SGD, []
+    fused_sgd, runs = loss._FUSED_SGD, []
     for fused in (counted, None):
-        monkeypatch.setattr(base, "_FUSED_SGD", fused)
+        monkeypatch.setattr(loss, "_FUSED_SGD", fused)
         w, buf = w0.clone(), torch.zeros_like(w0)
         for grad in grads:
-            assert atk._sgd_step(w, grad, buf) is w
+            assert sgd_step(w, grad, buf, 0.3, 0.05) is w
         assert w.is_contiguous(memory_format=fmt) and buf.is_contiguous(memory_format=fmt)
         runs.append((w, buf))
     assert len(calls) == len(grads)  # the first run did take the fused path
@@ -551,3 +548,21 @@ class _ChannelsLast(nn.Module):
         if torch.is_grad_enabled():
             self.layouts.append(x.is_contiguous(memory_format=torch.channels_last))
         return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", ["tkmia", "kfool"])
+def test_an_attack_gives_the_model_back_its_own_mode(name) -> None:
+    """The model runs in eval mode during the attack (same results as an eval model) and
+    every module gets its own train/eval mode back afterwards."""
+    model = nn.Sequential(make_cnn(), nn.Dropout(0.5)).eval()  # dropout: eval mode matters
+    x, y, s = make_problem(model, 6, K)
+    expected = _attacks(model, max_iter=20)[name](x, y, s)
+    model.train()
+    model[0][0].eval()  # a mixed state, as with frozen layers
+    modes = [m.training for m in model.modules()]
+    atk = _attacks(model, max_iter=20)[name]
+    assert [m.training for m in model.modules()] == modes  # building it changes nothing
+    res = atk(x, y, s)
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(res.adv_images, expected.adv_images)
+    assert torch.equal(res.iterations, expected.iterations)

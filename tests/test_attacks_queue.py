@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
-from tkmia.attacks.base import Attack
+from tkmia.attacks import MLCWU, Attack, KFool, TkMIA, TkMLAPU
 from tkmia.errors import InputError
 
 from _brute import tkmia_loop
@@ -80,7 +79,9 @@ def test_flags_read_after_the_update_equal_whole_batch(name, monkeypatch) -> Non
     model, x, y, s = _problem(name)
     atk = _attack(name, model)
     whole = atk(x, y, s, threshold=1)
-    monkeypatch.setattr(Attack, "_flags_reader", lambda self, flags: lambda: flags.cpu())
+    from tkmia.attacks import loop
+
+    monkeypatch.setattr(loop, "flags_reader", lambda flags: lambda: flags.cpu())
     for batch_size, sync_every in [(None, 1), (5, 1), (5, 3)]:
         res = atk(x, y, s, threshold=1, batch_size=batch_size, sync_every=sync_every)
         _assert_same(res, whole)
@@ -208,12 +209,12 @@ def test_samples_start_longest_expected_first(name: str, as_list: bool) -> None:
 
 def test_an_objective_that_needs_more_state_says_to_override_expected_need() -> None:
     class NeedsPixels(TkMIA):
-        def objective(self, scores, ctx):
-            return super().objective(scores, ctx) + 0 * ctx["x0"].flatten(1).sum(dim=1)
+        def objective(self, scores, state):
+            return super().objective(scores, state) + 0 * state.x0.flatten(1).sum(dim=1)
 
     model, x, y, s = _problem("tkmia")
     atk = NeedsPixels(model, K, lr=1.0, lam=0.0, max_iter=2)
-    with pytest.raises(RuntimeError, match=r"needs ctx\['x0'\].*override _expected_need"):
+    with pytest.raises(RuntimeError, match=r"needs state\.x0.*override expected_need"):
         atk(x, y, s, threshold=1)
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from tkmia.attacks.state import SampleState
 from tkmia.errors import InputError
+
+__all__ = ["BASELINE_TARGETS", "check_targets", "target_mask"]
 
 BASELINE_TARGETS = ("relevant", "specified")
 
 
 def check_targets(baseline_targets: str) -> str:
-    """Validate the ``baseline_targets`` option."""
+    """Validate the ``baseline_targets`` option; raises :class:`InputError`."""
     if baseline_targets not in BASELINE_TARGETS:
         raise InputError(
             f"baseline_targets must be one of {BASELINE_TARGETS}, got {baseline_targets!r}"
@@ -18,6 +21,6 @@ def check_targets(baseline_targets: str) -> str:
     return baseline_targets
 
 
-def target_mask(baseline_targets: str, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``(B, c)`` bool: Y for ``"relevant"``, S for ``"specified"``."""
-    return ctx["labels"] if baseline_targets == "relevant" else ctx["specified"]
+def target_mask(baseline_targets: str, state: SampleState) -> torch.Tensor:
+    """``(n, c)`` bool: Y for ``"relevant"``, S for ``"specified"``."""
+    return state.labels if baseline_targets == "relevant" else state.specified

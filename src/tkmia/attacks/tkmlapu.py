@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from tkmia.attacks.base import LossAttack
+from tkmia.attacks.base import Normalize
+from tkmia.attacks.loss import LossAttack
+from tkmia.attacks.state import SampleState
 from tkmia.attacks.targets import check_targets, target_mask
 from tkmia.losses import tkmlap_grad, tkmlap_loss
+
+__all__ = ["TkMLAPU"]
 
 
 class TkMLAPU(LossAttack):
@@ -17,6 +19,7 @@ class TkMLAPU(LossAttack):
 
     As in the paper's protocol it attacks all relevant labels Y while success is judged on
     the specified labels; ``baseline_targets="specified"`` attacks only S (an ablation).
+    The other arguments are :class:`LossAttack`'s.
     """
 
     def __init__(
@@ -27,14 +30,14 @@ class TkMLAPU(LossAttack):
         lam: float,
         max_iter: int,
         penalty: str = "w",
-        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        normalize: Normalize | None = None,
         baseline_targets: str = "relevant",
     ) -> None:
         super().__init__(model, k, lr, lam, max_iter, penalty, normalize)
         self.baseline_targets = check_targets(baseline_targets)
 
-    def objective(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
-        return tkmlap_loss(scores, target_mask(self.baseline_targets, ctx), self.k)
+    def objective(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
+        return tkmlap_loss(scores, target_mask(self.baseline_targets, state), self.k)
 
-    def objective_grad(self, scores: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
-        return tkmlap_grad(scores, target_mask(self.baseline_targets, ctx), self.k)
+    def objective_grad(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
+        return tkmlap_grad(scores, target_mask(self.baseline_targets, state), self.k)

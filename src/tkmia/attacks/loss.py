@@ -1,0 +1,159 @@
+"""Loss-based attacks: minimise a per-sample objective with SGD in tanh space (SPEC §4.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tkmia.attacks.base import Attack, Normalize
+from tkmia.attacks.checks import check_number
+from tkmia.attacks.layout import flat_view
+from tkmia.attacks.state import SampleState
+from tkmia.errors import InputError
+
+__all__ = ["LossAttack", "SGDState", "sgd_step"]
+
+#: torch.optim.SGD's fused kernel (one pass for weight decay, momentum and step), if any
+_FUSED_SGD = getattr(torch, "_fused_sgd_", None)
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: SGD momentum of every loss-based attack, as the reference implementation
+MOMENTUM = 0.9
+
+
+@dataclass
+class SGDState(SampleState):
+    """:class:`SampleState` plus the SGD momentum buffer ``(n, C, H, W)`` of ``v``."""
+
+    momentum: torch.Tensor
+
+
+def sgd_step(
+    w: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float, weight_decay: float
+) -> torch.Tensor:
+    """torch.optim.SGD's step (momentum 0.9, no dampening), in place on ``w`` and ``buf``:
+    ``d = g + λw``, ``buf = 0.9·buf + d``, ``w = w − lr·buf``; returns ``w``.
+
+    In one fused pass where PyTorch has one (bit-identical to the three separate passes).
+    The fused kernel walks the three tensors' memory in lockstep, so it is given flat views
+    of them when all three are dense in the same layout (standard or channels-last; it would
+    make standard-layout copies of channels-last tensors, which cost more than they save);
+    otherwise the separate passes, which work in any layout, are used.
+    """
+    if (
+        _FUSED_SGD is not None
+        and w.dtype in _FUSED_DTYPES
+        and grad.dtype == w.dtype
+        and w.stride() == grad.stride() == buf.stride()
+        and flat_view(w) is not None  # then so are grad and buf: same shape and strides
+    ):
+        _FUSED_SGD(
+            [flat_view(w)], [flat_view(grad)], [flat_view(buf)], weight_decay=weight_decay,
+            momentum=MOMENTUM, lr=lr, dampening=0.0, nesterov=False,
+            maximize=False, is_first_step=False,
+        )  # fmt: skip
+        return w
+    if weight_decay > 0:
+        grad = grad.add(w, alpha=weight_decay)
+    buf.mul_(MOMENTUM).add_(grad)
+    return w.add_(buf, alpha=-lr)
+
+
+class _NeedView:
+    """What :meth:`LossAttack.expected_need` hands the objective: labels and specified only."""
+
+    def __init__(self, attack: str, labels: torch.Tensor, specified: torch.Tensor) -> None:
+        self.labels, self.specified, self._attack = labels, specified, attack
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(
+            f"{self._attack}.objective needs state.{name}, which is not there when the "
+            "samples are ordered; override expected_need"
+        )
+
+
+class LossAttack(Attack):
+    """An attack that minimises a per-sample objective with SGD in tanh space.
+
+    ``w`` (the state's ``v``) starts at 0; every step adds the perturbation penalty and takes
+    an SGD step with momentum 0.9 (PyTorch's SGD semantics, no dampening).
+
+    Args:
+        model, k, max_iter, normalize: as :class:`~tkmia.attacks.Attack`.
+        lr: the learning rate (> 0), in tanh-space units per unit of gradient.
+        lam: the penalty weight λ (>= 0; 0 turns the penalty off).
+        penalty: ``"w"``: ``(λ/2)‖w‖²`` (weight decay λ on w, as the reference code);
+            ``"pixel"``: ``(λ/2)‖x' − x‖²`` with pixels in [0, 1].
+
+    Raises:
+        InputError: for a bad ``lr``, ``lam`` or ``penalty`` (and as :class:`Attack`).
+
+    A subclass defines :meth:`objective` (and, for speed, :meth:`objective_grad`); it may
+    project the step with :meth:`constrain`.
+    """
+
+    State: type[SGDState] = SGDState
+
+    def __init__(
+        self,
+        model: nn.Module,
+        k: int,
+        lr: float,
+        lam: float,
+        max_iter: int,
+        penalty: str = "w",
+        normalize: Normalize | None = None,
+    ) -> None:
+        super().__init__(model, k, max_iter, normalize)
+        self.lr = check_number("lr", lr)
+        self.lam = check_number("lam", lam, allow_zero=True)
+        if penalty not in ("w", "pixel"):
+            raise InputError(f"penalty must be 'w' or 'pixel', got {penalty!r}")
+        self.penalty = penalty
+
+    # ----------------------------------------------------------------- hooks
+    def objective(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
+        """The per-sample loss ``(n,)`` to minimise, from scores ``(n, c)``."""
+        raise NotImplementedError
+
+    def objective_grad(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor | None:
+        """The gradient ``(n, c)`` of ``objective(scores, state).sum()`` w.r.t. the (detached)
+        ``scores``, in closed form; ``None`` (the default): autograd differentiates
+        :meth:`objective`. The built-in attacks give it (``tkmia.losses.*_grad``)."""
+        return None
+
+    def constrain(self, w: torch.Tensor, state: SampleState) -> torch.Tensor:
+        """A projection of the stepped ``w`` ``(n, C, H, W)`` (ML-CW-U's L2 budget);
+        identity here."""
+        return w
+
+    # ------------------------------------------------------------- engine
+    def init_state(self, base: SampleState, clean_scores: torch.Tensor) -> SampleState:
+        return self.State.extend(base, momentum=torch.zeros_like(base.x0))
+
+    def expected_need(
+        self, clean_scores: torch.Tensor, labels: torch.Tensor, specified: torch.Tensor
+    ) -> torch.Tensor:
+        """The objective at the clean scores: how far the attack has to go. Only
+        ``state.labels`` and ``state.specified`` exist then; an objective that needs more
+        overrides this (a :class:`RuntimeError` says so)."""
+        view = _NeedView(type(self).__name__, labels, specified)
+        return self.objective(clean_scores, view)  # type: ignore[arg-type]
+
+    def step(self, x_adv: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
+        assert isinstance(state, SGDState)
+        w = state.v
+        d_scores = self.objective_grad(scores.detach(), state)
+        outputs: list[torch.Tensor]
+        grads: list[torch.Tensor | None]
+        if d_scores is None:
+            outputs, grads = [self.objective(scores, state).sum()], [None]
+        else:
+            outputs, grads = [scores], [d_scores]
+        if self.penalty == "pixel" and self.lam > 0:
+            outputs.append(0.5 * self.lam * (x_adv - state.x0).pow(2).sum())
+            grads.append(None)
+        (grad,) = torch.autograd.grad(outputs, w, grads)
+        decay = self.lam if self.penalty == "w" else 0.0
+        return self.constrain(sgd_step(w.detach(), grad, state.momentum, self.lr, decay), state)
