@@ -42,6 +42,8 @@ class Normalized(nn.Module):
         if bool((std_t <= 0).any()):
             raise InputError(f"std must be positive, got {std_t.tolist()}")
         self.net = net
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
         self.register_buffer("std", std_t.view(1, -1, 1, 1))
         self.channels_last = False
@@ -52,7 +54,7 @@ class Normalized(nn.Module):
         oneDNN's CPU convolutions of small networks run markedly faster in it; on a GPU it is
         what cuDNN prefers under mixed precision. Returns ``self``.
         """
-        self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.net.to(memory_format=torch.channels_last)
         self.channels_last = True
         return self
 
@@ -64,7 +66,8 @@ class Normalized(nn.Module):
         z = (x - mean) / std
         if self.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        return self.net(z)
+        scores: torch.Tensor = self.net(z)
+        return scores
 
 
 def _stats(name: str, values: object) -> torch.Tensor:

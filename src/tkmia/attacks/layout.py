@@ -48,7 +48,7 @@ def flags_reader(flags: torch.Tensor) -> Callable[[], torch.Tensor] | None:
         return None
     host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
     host.copy_(flags, non_blocking=True)
-    event = torch.cuda.Event()
+    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
     event.record()
 
     def wait() -> torch.Tensor:

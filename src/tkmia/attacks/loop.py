@@ -141,6 +141,7 @@ def run(
             newly = fin & ~ws.done_before
             fin = fin | ws.done_before
         if not check:
+            assert newly is not None  # deferred checks keep done_before
             ws.remember(Finals(now.x, now.scores, now.ok, now.it.clone()), newly)
             ws.done_before = fin
             with torch.enable_grad():

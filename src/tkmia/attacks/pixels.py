@@ -42,7 +42,7 @@ class PixelMap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, z0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.threshold_(torch.add(z0, v).mul_(2).sigmoid_(), FLUSH, 0.0)
+        x = torch.threshold_(torch.add(z0, v).mul_(2).sigmoid_(), FLUSH, 0.0)
         ctx.save_for_backward(x)
         return x
 
@@ -50,5 +50,5 @@ class PixelMap(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         (x,) = ctx.saved_tensors
-        g = torch.ops.aten.sigmoid_backward(grad, x).mul_(2)
+        g: torch.Tensor = torch.ops.aten.sigmoid_backward(grad, x).mul_(2)
         return (g if ctx.needs_input_grad[0] else None), (g if ctx.needs_input_grad[1] else None)
