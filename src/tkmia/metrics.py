@@ -165,7 +165,8 @@ def _check_pair(clean: torch.Tensor, adv: torch.Tensor) -> None:
 def l2_norm(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     """``‖x' − x‖₂`` over all pixels of each image (pixels in [0, 1]), ``(B,)``."""
     _check_pair(clean, adv)
-    return (adv - clean).flatten(1).norm(dim=1)
+    norms: torch.Tensor = (adv - clean).flatten(1).norm(dim=1)
+    return norms
 
 
 def linf_norm(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:

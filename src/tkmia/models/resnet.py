@@ -7,8 +7,8 @@ from pathlib import Path
 from torch import nn
 
 from tkmia.errors import InputError
+from tkmia.models.architectures import register
 from tkmia.models.checkpoint import load_state
-from tkmia.models.registry import register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+
+from tkmia.errors import InputError
+
+
+def _numbers(values: object, name: str) -> list[float]:
+    """``values`` as a list of finite floats, else :class:`InputError` naming ``name``."""
+    expected = f"{name} must be a list of finite numbers, one per channel"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InputError(f"{expected}, got {values!r}")
+    items = list(values)
+    numbers = []
+    for value in items:
+        try:  # bools and strings are not numbers here, even though float() takes them
+            number = math.nan if isinstance(value, (bool, str, bytes)) else float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise InputError(f"{expected}, got {value!r} in {items!r}")
+        numbers.append(number)
+    return numbers
+
+
+def check_statistics(mean: object, std: object) -> None:
+    """Check per-channel normalisation statistics.
+
+    Args:
+        mean, std: sequences of ``C`` finite numbers each; every ``std`` > 0.
+
+    Raises:
+        InputError: naming the value and what was expected.
+    """
+    means, stds = _numbers(mean, "mean"), _numbers(std, "std")
+    if len(means) != len(stds):
+        raise InputError(
+            f"mean and std must have the same length, got {len(means)} and {len(stds)}"
+        )
+    if any(s <= 0 for s in stds):
+        raise InputError(f"std must be positive, got {stds}")
 
 
 class Normalized(nn.Module):
@@ -23,14 +62,18 @@ class Normalized(nn.Module):
     the same up to float rounding.
     """
 
+    mean: torch.Tensor  # (1, C, 1, 1), a buffer
+    std: torch.Tensor  # (1, C, 1, 1), a buffer, > 0
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        """See the class docstring.
+
+        Raises:
+            InputError: ``mean`` and ``std`` are not sequences of finite numbers of the same
+                length, or a ``std`` is not positive.
+        """
         super().__init__()
-        if len(mean) != len(std):
-            raise ValueError(
-                f"mean and std must have the same length, got {len(mean)} and {len(std)}"
-            )
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {list(std)}")
+        check_statistics(mean, std)
         self.net = net
         shape = (1, -1, 1, 1)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(shape))
