@@ -38,6 +38,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
     Both files are written to temporary names first and renamed, so an interrupted save
     never leaves a half-written checkpoint under the final name.
+
+    Args:
+        path: the ``.safetensors`` file to write (the sidecar goes next to it).
+        model: usually a :class:`~tkmia.models.wrapper.Normalized`.
+        meta: JSON-serialisable metadata with at least the keys of :data:`REQUIRED_META`.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: ``path`` does not end in ``.safetensors``, or ``meta`` lacks a key.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -90,6 +101,17 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     ``.safetensors`` files are read with safetensors; ``.pt``/``.pth`` files (for example
     torchvision's ImageNet weights) with ``torch.load(weights_only=True)``, which refuses
     anything but tensors and plain containers.
+
+    Args:
+        path: a ``.safetensors``, ``.pt``, ``.pth`` or ``.bin`` file.
+
+    Returns:
+        The state dict, tensors on the CPU.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        InputError: an unknown suffix, an unreadable file, a file that holds pickled
+            objects, or anything but a state dict of tensors.
     """
     path = Path(path)
     if not path.is_file():
