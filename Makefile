@@ -25,8 +25,12 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
+# ruff (lint and formatting) and mypy (its settings, strict on the math and the attacks,
+# are in pyproject.toml's [tool.mypy])
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) results

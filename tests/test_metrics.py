@@ -1,4 +1,5 @@
-"""Ranking measures of SPEC §2 against scikit-learn, plain-Python loops and hand-made cases."""
+"""Ranking measures (TkAcc, P@k, AP@k, NDCG@k) against scikit-learn, plain-Python loops
+and hand-made cases."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tkmia.metrics import (
 )
 
 # --------------------------------------------------------------------------------------
-# Plain-Python references, written straight from the SPEC §2 table.
+# Plain-Python references, written straight from the definitions in metrics.py.
 # --------------------------------------------------------------------------------------
 
 
@@ -189,7 +190,7 @@ def test_bool_and_int_labels_are_accepted() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Hand-made cases, values computed by hand from the SPEC table.
+# Hand-made cases, values computed by hand from the definitions.
 # --------------------------------------------------------------------------------------
 
 S5 = [0.9, 0.8, 0.1, 0.05, 0.0]  # ranking: 0, 1, 2, 3, 4

@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) of the ranking measures of SPEC §2 and of ΔN."""
+"""Property tests (hypothesis) of the ranking measures (TkAcc, P@k, AP@k, NDCG@k) and of ΔN."""
 
 from __future__ import annotations
 

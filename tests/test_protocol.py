@@ -1,4 +1,4 @@
-"""Selection schemes S1/S2 and eligibility (SPEC §5), against direct set computations."""
+"""Selection schemes S1/S2 and eligibility, against direct set computations."""
 
 from __future__ import annotations
 

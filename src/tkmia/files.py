@@ -73,7 +73,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     Only names of the form :func:`temporary_path` writes are touched. Call it when no
     other process of the same run can still be writing (a distributed run: after the
     last barrier, on rank 0)."""
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.rglob(".*.tmp"):

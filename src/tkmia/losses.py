@@ -1,4 +1,4 @@
-"""The average top-m operator and the attack objectives of SPEC §3–4.
+"""The average top-m operator (ATk) and the attack objectives, as pure tensor functions.
 
 All functions take scores ``f`` of shape ``(B, c)`` (logits of the attacked model) and
 0/1 masks of the same shape. The ``*_loss`` functions return a per-sample loss ``(B,)``
@@ -16,6 +16,8 @@ autograd's may be others there (both are subgradients).
 from __future__ import annotations
 
 import torch
+
+from tkmia.errors import InputError
 
 __all__ = [
     "average_top_k",
@@ -35,13 +37,24 @@ def average_top_k(a: torch.Tensor, m: int, method: str = "sort") -> torch.Tensor
     ``c − m`` smallest entries, which needs a much shorter partial sort); ``method="dual"``
     evaluates the variational form ``min_λ λ + (1/m) Σ_i [a_i − λ]_+`` at its minimiser
     ``λ = a_[m]`` (Lemma 4.1 of the paper). Both have the same value and the same gradient.
+
+    Args:
+        a: ``(B, c)`` values.
+        m: how many of the largest entries of a row to average, ``1 <= m <= c``.
+        method: ``"sort"`` or ``"dual"``.
+
+    Returns:
+        ``(B,)``, differentiable in ``a``.
+
+    Raises:
+        InputError: ``a`` is not 2-D, ``m`` is out of range, or ``method`` is unknown.
     """
     if a.dim() != 2:
-        raise ValueError(f"a must have shape (B, c), got {tuple(a.shape)}")
+        raise InputError(f"a must have shape (B, c), got {tuple(a.shape)}")
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= a.shape[1]:
-        raise ValueError(f"m must be an integer with 1 <= m <= c = {a.shape[1]}, got {m!r}")
+        raise InputError(f"m must be an integer with 1 <= m <= c = {a.shape[1]}, got {m!r}")
     if method not in ("sort", "dual"):
-        raise ValueError(f"method must be 'sort' or 'dual', got {method!r}")
+        raise InputError(f"method must be 'sort' or 'dual', got {method!r}")
     c = a.shape[1]
     if 2 * m > c:
         # the m largest are all but the c − m smallest: select those (ATk_{c−k} with a
@@ -75,6 +88,15 @@ def tkmia_loss(
     of S leave the top-k); the second pulls the worst remaining relevant label up to the
     top-k scores (the top-k is refilled with relevant labels). Every sample needs a
     non-empty ``S`` and a non-empty ``R``.
+
+    Args:
+        scores: ``(B, c)`` logits ``f``.
+        labels: ``(B, c)`` 0/1 (or bool), the relevant labels ``Y``.
+        specified: ``(B, c)`` 0/1 (or bool), the labels ``S ⊆ Y`` to hide.
+        k: the top-k size, ``1 <= k < c``.
+
+    Returns:
+        ``(B,)`` per-sample loss, differentiable in ``scores``.
     """
     c = scores.shape[1]
     remaining = labels.bool() & ~specified.bool()
@@ -87,6 +109,14 @@ def tkmlap_loss(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Te
     """TkML-AP-U: ``ATk_{c−k}(max_T f − f)``: every target label leaves the top-k.
 
     ``targets`` is the relevant set ``Y`` in the paper's protocol (``S`` in the ablation).
+
+    Args:
+        scores: ``(B, c)`` logits ``f``.
+        targets: ``(B, c)`` 0/1 (or bool), the labels ``T`` to push out.
+        k: the top-k size, ``1 <= k < c``.
+
+    Returns:
+        ``(B,)`` per-sample loss, differentiable in ``scores``.
     """
     c = scores.shape[1]
     return average_top_k(_masked_max(scores, targets) - scores, c - k)
@@ -97,6 +127,13 @@ def mlcw_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
     ``targets`` is ``Y`` in the paper's protocol (``S`` in the ablation). A sample whose
     targets cover all labels has loss 0.
+
+    Args:
+        scores: ``(B, c)`` logits ``f``.
+        targets: ``(B, c)`` 0/1 (or bool), the labels ``T`` to push out.
+
+    Returns:
+        ``(B,)`` per-sample loss (>= 0), differentiable in ``scores``.
     """
     gap = _masked_max(scores, targets) - _masked_min(scores, ~targets.bool())
     return gap.squeeze(1).clamp(min=0)
@@ -134,7 +171,13 @@ def tkmia_grad(
 ) -> torch.Tensor:
     """Gradient ``(B, c)`` of ``tkmia_loss(scores, labels, specified, k).sum()`` w.r.t.
     ``scores``: ``+1/k`` on the top-k, ``−1/(c−k)`` elsewhere, ``+1`` on the best
-    specified label and ``−1`` on the worst remaining relevant one."""
+    specified label and ``−1`` on the worst remaining relevant one.
+
+    Takes the arguments of :func:`tkmia_loss`.
+
+    Returns:
+        ``(B, c)`` in ``scores``' dtype.
+    """
     in_top = _top_mask(scores, k)
     promote = in_top / k
     remaining = labels.bool() & ~specified.bool()
@@ -143,7 +186,13 @@ def tkmia_grad(
 
 
 def tkmlap_grad(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """Gradient ``(B, c)`` of ``tkmlap_loss(scores, targets, k).sum()`` w.r.t. ``scores``."""
+    """Gradient ``(B, c)`` of ``tkmlap_loss(scores, targets, k).sum()`` w.r.t. ``scores``.
+
+    Takes the arguments of :func:`tkmlap_loss`.
+
+    Returns:
+        ``(B, c)`` in ``scores``' dtype.
+    """
     return _hide_grad(scores, targets, k, _top_mask(scores, k))
 
 
@@ -151,7 +200,13 @@ def mlcw_grad(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Gradient ``(B, c)`` of ``mlcw_loss(scores, targets).sum()`` w.r.t. ``scores``: ``+1``
     on the best target and ``−1`` on the worst non-target where the hinge is active
     (``max_T f > min_{∉T} f``; at a gap of exactly 0 the loss is 0 and so is the gradient,
-    as autograd's ``clamp`` has it), else 0."""
+    as autograd's ``clamp`` has it), else 0.
+
+    Takes the arguments of :func:`mlcw_loss`.
+
+    Returns:
+        ``(B, c)`` in ``scores``' dtype.
+    """
     targets = targets.bool()
     top, g = _argmax_share(scores, targets, True)
     bottom, g_bottom = _argmax_share(scores, ~targets, False)

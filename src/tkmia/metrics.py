@@ -1,5 +1,6 @@
-"""Measures of SPEC §2 as pure functions on tensors: the top-k ranking measures, ΔN, the
-training-time mAP, and the size and visibility of a perturbation (L2, L∞, PSNR, SSIM).
+"""Per-image measures as pure functions on tensors: the top-k ranking measures (TkAcc,
+P@k, AP@k, NDCG@k), ΔN, the training-time mAP, and the size and visibility of a
+perturbation (L2, L∞, PSNR, SSIM).
 
 Every per-sample measure takes ``scores`` ``(B, c)`` (any real scores: logits or
 probabilities; only their order matters), ``labels`` ``(B, c)`` with entries in {0, 1} and
@@ -55,12 +56,28 @@ def _check(scores: torch.Tensor, labels: torch.Tensor, k: int, *, need_relevant:
 
 
 def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices ``(B, k)`` of the k largest scores, best first."""
+    """Indices of the k largest scores, best first.
+
+    Args:
+        scores: ``(B, c)``.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B, k)`` long.
+    """
     return scores.topk(k, dim=1).indices
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask ``(B, c)`` of the top-k prediction ``T_k``."""
+    """The top-k prediction ``T_k`` as a mask.
+
+    Args:
+        scores: ``(B, c)``.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B, c)`` bool, ``k`` entries set per row (ties: :func:`torch.topk`'s choice).
+    """
     mask = torch.zeros_like(scores, dtype=torch.bool)
     return mask.scatter_(1, topk_indices(scores, k), True)
 
@@ -71,7 +88,19 @@ def _ranked_relevance(scores: torch.Tensor, labels: torch.Tensor, k: int) -> tor
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """TkAcc: ``T_k ⊆ Y`` when ``k <= |Y|``, else ``Y ⊆ T_k``; 1.0 or 0.0 per sample."""
+    """TkAcc: ``T_k ⊆ Y`` when ``k <= |Y|``, else ``Y ⊆ T_k``; 1.0 or 0.0 per sample.
+
+    Args:
+        scores: ``(B, c)`` real scores (only their order matters).
+        labels: ``(B, c)`` 0/1, the relevant labels ``Y``.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, 1.0 or 0.0.
+
+    Raises:
+        InputError: bad shapes, ``k`` out of range, labels other than 0/1.
+    """
     _check(scores, labels, k, need_relevant=False)
     hits = _ranked_relevance(scores, labels, k).sum(dim=1)
     n_rel = labels.to(scores.dtype).sum(dim=1)
@@ -80,13 +109,38 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.T
 
 
 def precision_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """P@k = ``|T_k ∩ Y| / k``."""
+    """P@k = ``|T_k ∩ Y| / k``.
+
+    Args:
+        scores: ``(B, c)`` real scores (only their order matters).
+        labels: ``(B, c)`` 0/1, the relevant labels ``Y``.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, in [0, 1].
+
+    Raises:
+        InputError: bad shapes, ``k`` out of range, labels other than 0/1.
+    """
     _check(scores, labels, k, need_relevant=False)
     return _ranked_relevance(scores, labels, k).sum(dim=1) / k
 
 
 def ap_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """AP@k = ``(1 / min(|Y|, k)) Σ_{j<=k} P@j · rel_j``; mAP@k is its mean over samples."""
+    """AP@k = ``(1 / min(|Y|, k)) Σ_{j<=k} P@j · rel_j``; mAP@k is its mean over samples.
+
+    Args:
+        scores: ``(B, c)`` real scores (only their order matters).
+        labels: ``(B, c)`` 0/1, the relevant labels ``Y``.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, in [0, 1].
+
+    Raises:
+        InputError: bad shapes, ``k`` out of range, labels other than 0/1, or a sample
+            without a relevant label.
+    """
     _check(scores, labels, k, need_relevant=True)
     rel = _ranked_relevance(scores, labels, k)
     ranks = torch.arange(1, k + 1, dtype=scores.dtype, device=scores.device)
@@ -96,7 +150,20 @@ def ap_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def ndcg_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """NDCG@k with binary gains: ``DCG@k / IDCG@k``, discounts ``1 / log2(j + 1)``."""
+    """NDCG@k with binary gains: ``DCG@k / IDCG@k``, discounts ``1 / log2(j + 1)``.
+
+    Args:
+        scores: ``(B, c)`` real scores (only their order matters).
+        labels: ``(B, c)`` 0/1, the relevant labels ``Y``.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, in [0, 1].
+
+    Raises:
+        InputError: bad shapes, ``k`` out of range, labels other than 0/1, or a sample
+            without a relevant label.
+    """
     _check(scores, labels, k, need_relevant=True)
     rel = _ranked_relevance(scores, labels, k)
     discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=scores.dtype, device=scores.device))
@@ -111,7 +178,17 @@ def removed_count(
 ) -> torch.Tensor:
     """ΔN = ``|S ∩ T_k(x)| − |S ∩ T_k(x')|``: specified labels pushed out of the top-k.
 
-    Returns a long tensor ``(B,)``; negative when the attack brought specified labels in.
+    Args:
+        clean_scores: ``(B, c)`` scores of the clean images.
+        adv_scores: ``(B, c)`` scores of the perturbed images.
+        specified: ``(B, c)`` 0/1, the labels ``S`` to hide.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B,)`` long; negative when the attack brought specified labels in.
+
+    Raises:
+        InputError: bad shapes, ``k`` out of range or ``specified`` other than 0/1.
     """
     _check(clean_scores, specified, k, need_relevant=False)
     if adv_scores.shape != clean_scores.shape:
@@ -131,6 +208,16 @@ def class_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch
     Classes without any positive sample get NaN; :func:`mean_average_precision` skips them.
     Ties are broken by sort order, like scikit-learn's ``average_precision_score`` when
     the scores are distinct.
+
+    Args:
+        scores: ``(N, c)`` scores of ``N`` samples.
+        labels: ``(N, c)`` 0/1.
+
+    Returns:
+        ``(c,)`` float64.
+
+    Raises:
+        InputError: ``scores`` and ``labels`` are not both ``(N, c)``.
     """
     if scores.dim() != 2 or labels.shape != scores.shape:
         raise InputError(
@@ -147,8 +234,18 @@ def class_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch
 
 
 def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over classes (with at least one positive) of :func:`class_average_precision`:
-    a 0-dim float64 tensor (``float(...)`` for a number), like every measure here."""
+    """Mean over classes (with at least one positive) of :func:`class_average_precision`.
+
+    Args:
+        scores: ``(N, c)`` scores of ``N`` samples.
+        labels: ``(N, c)`` 0/1.
+
+    Returns:
+        A 0-dim float64 tensor (``float(...)`` for a number), like every measure here.
+
+    Raises:
+        InputError: ``scores`` and ``labels`` are not both ``(N, c)``.
+    """
     ap = class_average_precision(scores, labels)
     return ap[~ap.isnan()].mean()
 
@@ -163,13 +260,36 @@ def _check_pair(clean: torch.Tensor, adv: torch.Tensor) -> None:
 
 
 def l2_norm(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """``‖x' − x‖₂`` over all pixels of each image (pixels in [0, 1]), ``(B,)``."""
+    """``‖x' − x‖₂`` over all pixels of each image.
+
+    Args:
+        clean: ``(B, C, H, W)`` images, pixels in [0, 1].
+        adv: the perturbed images, the same shape.
+
+    Returns:
+        ``(B,)`` in the images' dtype.
+
+    Raises:
+        InputError: the two are not image batches of the same shape.
+    """
     _check_pair(clean, adv)
-    return (adv - clean).flatten(1).norm(dim=1)
+    norms: torch.Tensor = (adv - clean).flatten(1).norm(dim=1)
+    return norms
 
 
 def linf_norm(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """``‖x' − x‖∞``: the largest change of any pixel of each image, ``(B,)``."""
+    """``‖x' − x‖∞``: the largest change of any pixel of each image.
+
+    Args:
+        clean: ``(B, C, H, W)`` images, pixels in [0, 1].
+        adv: the perturbed images, the same shape.
+
+    Returns:
+        ``(B,)`` in the images' dtype.
+
+    Raises:
+        InputError: the two are not image batches of the same shape.
+    """
     _check_pair(clean, adv)
     return (adv - clean).flatten(1).abs().amax(dim=1)
 
@@ -178,6 +298,16 @@ def psnr(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB for pixels in [0, 1], per sample ``(B,)``.
 
     Identical images (MSE 0) get ``inf``'s stand-in of 200 dB (MSE clamped at 1e-20).
+
+    Args:
+        clean: ``(B, C, H, W)`` images, pixels in [0, 1].
+        adv: the perturbed images, the same shape.
+
+    Returns:
+        ``(B,)`` float32, in dB.
+
+    Raises:
+        InputError: the two are not image batches of the same shape.
     """
     _check_pair(clean, adv)
     mse = (adv - clean).double().pow(2).flatten(1).mean(dim=1)
@@ -206,6 +336,16 @@ def ssim(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     use_sample_covariance=False, data_range=1, channel_axis=0)``. Images smaller than
     11 pixels use the largest odd window that fits. Computed in float64 with the
     Gaussian applied as two 1-D passes (it is separable).
+
+    Args:
+        clean: ``(B, C, H, W)`` images, pixels in [0, 1].
+        adv: the perturbed images, the same shape.
+
+    Returns:
+        ``(B,)`` float32, at most 1.
+
+    Raises:
+        InputError: the two are not image batches of the same shape.
     """
     _check_pair(clean, adv)
     b, c, h, w = clean.shape

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -72,15 +72,18 @@ class Normalized(nn.Module):
 
 def _stats(name: str, values: object) -> torch.Tensor:
     """``values`` as a float32 tensor ``(C,)``; an :class:`InputError` unless they are a
-    non-empty sequence of finite real numbers."""
-    ok = isinstance(values, (Sequence, torch.Tensor)) and not isinstance(values, (str, bytes))
-    items = list(values) if ok else []  # type: ignore[call-overload]
-    ok = ok and len(items) > 0
-    for v in items:
-        v = v.item() if isinstance(v, torch.Tensor) else v
-        ok = ok and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not ok:
-        raise InputError(
-            f"{name} must be a sequence of finite numbers (one per channel), got {values!r}"
-        )
-    return torch.tensor([float(v) for v in items], dtype=torch.float32)
+    sequence (or tensor) of finite real numbers."""
+    expected = f"{name} must be a list of finite numbers, one per channel"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InputError(f"{expected}, got {values!r}")
+    items = list(values)
+    numbers = []
+    for value in items:
+        try:  # bools and strings are not numbers here, even though float() takes them
+            number = math.nan if isinstance(value, (bool, str, bytes)) else float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise InputError(f"{expected}, got {value!r} in {items!r}")
+        numbers.append(number)
+    return torch.tensor(numbers, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Selecting what to attack (SPEC §5): the global (S1) and random (S2) schemes.
+"""Selecting what to attack: the global (S1) and random (S2) schemes, and eligibility.
 
 Both functions work on a block of images at once: ``labels`` ``(N, c)`` 0/1 and the
 model's ``clean_scores`` ``(N, c)``, and return ``(specified (N, c) bool, eligible (N,)
@@ -21,7 +21,19 @@ SCHEMES = ("global", "random")
 
 
 def check_scheme(scheme: str, k: int, c: int, n: int | None, threshold: int | None) -> None:
-    """Validate a setting before any work starts; raises :class:`InputError`."""
+    """Validate a setting before any work starts.
+
+    Args:
+        scheme: ``"global"`` (S1) or ``"random"`` (S2).
+        k: the top-k size, ``1 <= k < c``.
+        c: the number of classes.
+        n: S2's labels drawn per image, ``1 <= n <= k`` (ignored by S1).
+        threshold: S2's success threshold ``t``, ``1 <= t <= n`` or None (for n); S1
+            takes none.
+
+    Raises:
+        InputError: naming the bad value and the range expected.
+    """
     if scheme not in SCHEMES:
         raise InputError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < c:
@@ -41,7 +53,16 @@ def check_scheme(scheme: str, k: int, c: int, n: int | None, threshold: int | No
 
 
 def success_threshold(scheme: str, n: int | None, threshold: int | None) -> int | None:
-    """The ``threshold`` argument the attacks take: None (S1's rule) or ``t`` (default n)."""
+    """The ``threshold`` argument the attacks take.
+
+    Args:
+        scheme: ``"global"`` or ``"random"``.
+        n: S2's labels drawn per image.
+        threshold: S2's ``t``, or None for the default ``n``.
+
+    Returns:
+        None for S1 (every specified label in the clean top-k must leave it), else ``t``.
+    """
     if scheme == "global":
         return None
     return n if threshold is None else threshold
@@ -62,6 +83,19 @@ def select_global(
     """S1: ``S = Y ∩ G`` for a fixed label group ``G`` (class indices).
 
     Eligible when ``|Y| >= k + |S|`` and at least one label of S is in the clean top-k.
+
+    Args:
+        labels: ``(N, c)`` 0/1, the relevant labels ``Y``.
+        clean_scores: ``(N, c)`` the model's scores of the clean images.
+        group: the class indices of ``G``, at least one.
+        k: the top-k size.
+
+    Returns:
+        ``(specified (N, c) bool, eligible (N,) bool)``.
+
+    Raises:
+        InputError: ``labels`` and ``clean_scores`` are not both ``(N, c)``, or ``group``
+            is empty.
     """
     relevant = _as_masks(labels, clean_scores)
     if not group:
@@ -88,6 +122,22 @@ def select_random(
     The draw for an image depends only on ``(seed, its dataset index)`` (a NumPy
     ``SeedSequence`` of the pair), never on batching, sharding or resuming. Eligible when
     ``1 <= n <= k``, ``|Y ∩ T_k(x)| >= n`` and ``|Y| >= k + n``.
+
+    Args:
+        labels: ``(N, c)`` 0/1, the relevant labels ``Y``.
+        clean_scores: ``(N, c)`` the model's scores of the clean images.
+        n: labels drawn per image.
+        k: the top-k size.
+        seed: the run's seed.
+        indices: ``N`` dataset indices, one per image.
+
+    Returns:
+        ``(specified (N, c) bool, eligible (N,) bool)``; an eligible row has ``n`` labels
+        specified.
+
+    Raises:
+        InputError: ``labels`` and ``clean_scores`` are not both ``(N, c)``, or not one
+            index per image.
     """
     relevant = _as_masks(labels, clean_scores)
     indices = [int(i) for i in indices]

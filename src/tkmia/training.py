@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from tkmia.errors import InputError
 from tkmia.files import atomic_path
 from tkmia.metrics import mean_average_precision
-from tkmia.models.checkpoint import save_checkpoint
+from tkmia.models.checkpoint import load_state, save_checkpoint
 
 OPTIMIZERS = ("adam", "sgd")
 WARMUP_FRACTION = 0.05
@@ -114,6 +114,24 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     )
 
 
+def _read_train_state(path: Path) -> dict[str, Any]:
+    """The resumable training state saved at ``path`` (tensors and plain containers only).
+
+    Raises:
+        InputError: the file cannot be read as such a state (truncated, or not ours).
+    """
+    fix = "delete that folder or use another --out"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure means: not a state this function wrote
+        raise InputError(
+            f"cannot read the training state {str(path)!r} ({type(err).__name__}); {fix}"
+        ) from None
+    if not isinstance(state, dict):
+        raise InputError(f"the training state {str(path)!r} is not a dict; {fix}")
+    return state
+
+
 def train_model(
     model: nn.Module,
     train_set: Dataset,
@@ -148,24 +166,25 @@ def train_model(
     state_path = out / "train_state.pt"
     start_epoch, best_map, history = 0, -1.0, []
     if state_path.is_file() and (out / "last.safetensors").is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = _read_train_state(state_path)
         if state.get("config") != asdict(config) or state.get("classes") != list(meta["classes"]):
             raise InputError(
                 f"{str(out)!r} holds a training run with other settings; use another --out "
                 "or delete that folder"
             )
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(out / "last.safetensors")))
+        model.load_state_dict(load_state(out / "last.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_map = int(state["epoch"]) + 1, float(state["best_map"])
         history = json.loads(state["history"])
         log(f"resuming {out} after epoch {start_epoch} (best test mAP so far {best_map:.4f})")
 
+    n_train = len(cast(Sized, train_set))
+    # a last batch of one image breaks batch norm on 1x1 feature maps: skip it
+    drop_last = n_train % config.batch_size == 1 and n_train > 1
     steps_per_epoch = (
-        max(1, len(train_set) // config.batch_size)
-        if (len(train_set) % config.batch_size == 1 and len(train_set) > 1)
-        else math.ceil(len(train_set) / config.batch_size)
+        max(1, n_train // config.batch_size)
+        if drop_last
+        else math.ceil(n_train / config.batch_size)
     )
     total_steps = steps_per_epoch * config.epochs
     loss_fn = nn.BCEWithLogitsLoss()
@@ -177,8 +196,7 @@ def train_model(
             shuffle=True,
             generator=generator,
             num_workers=config.num_workers,
-            # a last batch of one image breaks batch norm on 1x1 feature maps: skip it
-            drop_last=len(train_set) % config.batch_size == 1 and len(train_set) > 1,
+            drop_last=drop_last,
         )
         model.train()
         started, running, seen = time.perf_counter(), 0.0, 0

@@ -44,9 +44,13 @@ def open_dataset(
             raise InputError("dataset 'folder' needs --csv, the label file of the images")
         return LabelFolder(root, csv, image_size=size)
     if name == "voc2012":
-        from tkmia.data.voc import VOC2012 as cls
-    elif name == "coco2014":
-        from tkmia.data.coco import COCO2014 as cls
-    else:
-        from tkmia.data.nuswide import NUSWIDE as cls
-    return cls(root, split=split, image_size=size)
+        from tkmia.data.voc import VOC2012
+
+        return VOC2012(root, split=split, image_size=size)
+    if name == "coco2014":
+        from tkmia.data.coco import COCO2014
+
+        return COCO2014(root, split=split, image_size=size)
+    from tkmia.data.nuswide import NUSWIDE
+
+    return NUSWIDE(root, split=split, image_size=size)

@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tkmia.errors import MissingFileError
-from tkmia.models.registry import load_model, register
+from tkmia.models.architectures import register
+from tkmia.models.registry import load_model
 from tkmia.models.wrapper import Normalized
 
 BUILTIN_ARCH = "digits_cnn"
@@ -84,5 +85,7 @@ def builtin_model(device: str | torch.device = "cpu") -> Normalized:
             f"{path.parent}`"
         )
     model, _ = load_model(path, device)
-    model.net = fold_batchnorm(model.net.eval())
+    net = model.net.eval()
+    assert isinstance(net, nn.Sequential), "digits_cnn builds an nn.Sequential"
+    model.net = fold_batchnorm(net)
     return model.to_channels_last()

@@ -23,6 +23,7 @@ from torch import nn
 
 from tkmia.errors import InputError, MissingFileError
 from tkmia.files import atomic_path
+from tkmia.models.sidecar import check_meta
 
 REQUIRED_META = ("arch", "classes", "image_size", "mean", "std")
 
@@ -37,13 +38,24 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
     Both files are written to temporary names first and renamed, so an interrupted save
     never leaves a half-written checkpoint under the final name.
+
+    Args:
+        path: the ``.safetensors`` file to write (the sidecar goes next to it).
+        model: usually a :class:`~tkmia.models.wrapper.Normalized`.
+        meta: JSON-serialisable metadata with at least the keys of :data:`REQUIRED_META`.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: ``path`` does not end in ``.safetensors``, or ``meta`` lacks a key.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise InputError(f"checkpoint path must end in .safetensors, got {str(path)!r}")
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
-        raise ValueError(f"checkpoint metadata lacks {missing}")
+        raise InputError(f"checkpoint metadata lacks {missing}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # both written before either is renamed; the weights are renamed first
     with atomic_path(sidecar_path(path)) as side_tmp:
@@ -54,7 +66,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """Read and check the JSON sidecar of the checkpoint at ``path``."""
+    """Read and check the JSON sidecar of the checkpoint at ``path`` (no weight is read).
+
+    Args:
+        path: the ``.safetensors`` checkpoint (its sidecar is the ``.json`` next to it).
+
+    Returns:
+        The sidecar's object, with at least valid ``arch``, ``classes``, ``image_size``,
+        ``mean`` and ``std`` (see :mod:`tkmia.models.sidecar`).
+
+    Raises:
+        MissingFileError: the sidecar does not exist.
+        InputError: it is not valid JSON, or it breaks a rule of :func:`check_meta`,
+            with the file, the key, the value and what was expected.
+    """
     side = sidecar_path(path)
     if not side.is_file():
         raise MissingFileError(
@@ -62,20 +87,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             "file with a .json sidecar of the same name (written by `tkmia train`)"
         )
     try:
-        meta = json.loads(side.read_text())
+        meta = json.loads(side.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"checkpoint metadata {str(side)!r} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"checkpoint metadata {str(side)!r} must be a JSON object")
-    missing = [key for key in REQUIRED_META if key not in meta]
-    if missing:
-        raise InputError(f"checkpoint metadata {str(side)!r} lacks the keys {missing}")
-    classes = meta["classes"]
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise InputError(
-            f"checkpoint metadata {str(side)!r}: 'classes' must be a list of label names"
-        )
-    return meta
+    except OSError as err:
+        raise InputError(f"cannot read checkpoint metadata {str(side)!r}: {err}") from None
+    return check_meta(meta, str(side))
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -84,6 +101,17 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     ``.safetensors`` files are read with safetensors; ``.pt``/``.pth`` files (for example
     torchvision's ImageNet weights) with ``torch.load(weights_only=True)``, which refuses
     anything but tensors and plain containers.
+
+    Args:
+        path: a ``.safetensors``, ``.pt``, ``.pth`` or ``.bin`` file.
+
+    Returns:
+        The state dict, tensors on the CPU.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        InputError: an unknown suffix, an unreadable file, a file that holds pickled
+            objects, or anything but a state dict of tensors.
     """
     path = Path(path)
     if not path.is_file():

@@ -1,58 +1,52 @@
-"""Architectures by name, and building/loading a model from a checkpoint."""
+"""Building a model from checkpoint metadata and loading a checkpoint.
+
+The architecture table (:func:`register`, :func:`build_net`, ...) lives in
+:mod:`tkmia.models.architectures` and is re-exported here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from tkmia.errors import InputError, MissingFileError
+from tkmia.models.architectures import (
+    NetBuilder,
+    architectures,
+    build_net,
+    register,
+    uses_channels_last,
+)
 from tkmia.models.checkpoint import load_state, read_meta
 from tkmia.models.wrapper import Normalized
 
-NetBuilder = Callable[[int], nn.Module]
-_BUILDERS: dict[str, NetBuilder] = {}
-_CHANNELS_LAST: set[str] = set()
-
-
-def register(name: str, channels_last: bool = False) -> Callable[[NetBuilder], NetBuilder]:
-    """Register ``builder(num_classes) -> nn.Module`` (a bare, un-normalised network);
-    ``channels_last``: models of this architecture run in that memory layout (see
-    :meth:`Normalized.to_channels_last`), for training and attacks alike."""
-
-    def deco(builder: NetBuilder) -> NetBuilder:
-        _BUILDERS[name] = builder
-        if channels_last:
-            _CHANNELS_LAST.add(name)
-        return builder
-
-    return deco
-
-
-def uses_channels_last(arch: str) -> bool:
-    """Whether models of architecture ``arch`` run in the channels-last layout."""
-    return arch in _CHANNELS_LAST
-
-
-def architectures() -> list[str]:
-    """Names accepted by :func:`build_net` and ``--arch``."""
-    return sorted(_BUILDERS)
-
-
-def build_net(arch: str, num_classes: int) -> nn.Module:
-    """A freshly initialised network ``arch`` with a ``num_classes``-way head."""
-    if arch not in _BUILDERS:
-        raise InputError(f"unknown architecture {arch!r}; expected one of {architectures()}")
-    if num_classes < 2:
-        raise InputError(f"a multi-label model needs at least 2 classes, got {num_classes}")
-    return _BUILDERS[arch](num_classes)
+__all__ = [
+    "NetBuilder",
+    "architectures",
+    "build_model",
+    "build_net",
+    "load_model",
+    "register",
+    "uses_channels_last",
+]
 
 
 def build_model(meta: dict[str, Any]) -> Normalized:
-    """The normalised model described by checkpoint metadata (weights not loaded)."""
+    """The normalised model described by checkpoint metadata (weights not loaded).
+
+    Args:
+        meta: at least ``arch``, ``classes`` (``c`` names), ``mean`` and ``std`` (per
+            channel), as :func:`~tkmia.models.checkpoint.read_meta` returns them.
+
+    Returns:
+        A freshly initialised model, ``(B, 3, H, W)`` images in [0, 1] → ``(B, c)`` logits,
+        in its architecture's memory layout.
+
+    Raises:
+        InputError: an unknown architecture, fewer than 2 classes, or bad statistics.
+    """
     net = build_net(meta["arch"], len(meta["classes"]))
     model = Normalized(net, meta["mean"], meta["std"])
     return model.to_channels_last() if uses_channels_last(meta["arch"]) else model
@@ -71,6 +65,12 @@ def load_model(
 
     Returns:
         ``(model, meta)`` with the model in eval mode.
+
+    Raises:
+        MissingFileError: the checkpoint or its sidecar does not exist.
+        InputError: not a ``.safetensors`` file, a malformed sidecar (checked before any
+            weight is read), unreadable weights, weights of another architecture, or a
+            number of classes other than ``num_classes``.
     """
     path = Path(path)
     if not path.is_file():

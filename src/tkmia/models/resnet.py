@@ -7,8 +7,8 @@ from pathlib import Path
 from torch import nn
 
 from tkmia.errors import InputError
+from tkmia.models.architectures import register
 from tkmia.models.checkpoint import load_state
-from tkmia.models.registry import register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +41,14 @@ def load_imagenet_weights(net: nn.Module, path: str | Path) -> nn.Module:
     """
     state = load_state(path)
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        first = str(err).strip().splitlines()
+        raise InputError(
+            f"weights file {str(path)!r} does not match this architecture: "
+            + " ".join(line.strip() for line in first[:3])
+        ) from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise InputError(
