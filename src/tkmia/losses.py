@@ -21,6 +21,8 @@ from tkmia.errors import InputError
 
 __all__ = [
     "average_top_k",
+    "masked_max",
+    "masked_min",
     "mlcw_grad",
     "mlcw_loss",
     "tkmia_grad",
@@ -69,13 +71,15 @@ def average_top_k(a: torch.Tensor, m: int, method: str = "sort") -> torch.Tensor
     return lam.squeeze(1) + (a - lam).clamp(min=0).sum(dim=1) / m
 
 
-def _masked_max(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Row-wise max of ``f`` over the entries where ``mask`` is set: ``(B, 1)``."""
+def masked_max(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise max of ``f`` ``(B, c)`` over the entries where ``mask`` ``(B, c)`` is set:
+    ``(B, 1)`` (``-inf`` for a row with an empty mask)."""
     return f.masked_fill(~mask.bool(), float("-inf")).amax(dim=1, keepdim=True)
 
 
-def _masked_min(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Row-wise min of ``f`` over the entries where ``mask`` is set: ``(B, 1)``."""
+def masked_min(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise min of ``f`` ``(B, c)`` over the entries where ``mask`` ``(B, c)`` is set:
+    ``(B, 1)`` (``inf`` for a row with an empty mask)."""
     return f.masked_fill(~mask.bool(), float("inf")).amin(dim=1, keepdim=True)
 
 
@@ -100,8 +104,8 @@ def tkmia_loss(
     """
     c = scores.shape[1]
     remaining = labels.bool() & ~specified.bool()
-    hide = average_top_k(_masked_max(scores, specified) - scores, c - k)
-    promote = average_top_k(scores - _masked_min(scores, remaining), k)
+    hide = average_top_k(masked_max(scores, specified) - scores, c - k)
+    promote = average_top_k(scores - masked_min(scores, remaining), k)
     return hide + promote
 
 
@@ -119,7 +123,7 @@ def tkmlap_loss(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Te
         ``(B,)`` per-sample loss, differentiable in ``scores``.
     """
     c = scores.shape[1]
-    return average_top_k(_masked_max(scores, targets) - scores, c - k)
+    return average_top_k(masked_max(scores, targets) - scores, c - k)
 
 
 def mlcw_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -135,7 +139,7 @@ def mlcw_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B,)`` per-sample loss (>= 0), differentiable in ``scores``.
     """
-    gap = _masked_max(scores, targets) - _masked_min(scores, ~targets.bool())
+    gap = masked_max(scores, targets) - masked_min(scores, ~targets.bool())
     return gap.squeeze(1).clamp(min=0)
 
 
@@ -146,7 +150,7 @@ def _argmax_share(
     the entry where it is attained, split evenly among tied entries (as autograd's
     ``amax``/``amin``); a row with an empty mask is all 0 (its extremum is ∓inf)."""
     mask = mask.bool()
-    best = _masked_max(f, mask) if largest else _masked_min(f, mask)
+    best = masked_max(f, mask) if largest else masked_min(f, mask)
     at = ((f == best) & mask).to(f.dtype)
     return best, at.div_(at.sum(dim=1, keepdim=True).clamp_(min=1))
 

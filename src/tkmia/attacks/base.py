@@ -23,7 +23,7 @@ from tkmia.attacks.queue import Chunk, ChunkQueue
 from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
 from tkmia.errors import InputError
-from tkmia.losses import _masked_max as masked_max
+from tkmia.losses import masked_max
 from tkmia.metrics import topk_indices
 from tkmia.normalize import Normalized
 
