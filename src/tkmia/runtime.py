@@ -5,9 +5,8 @@ again and again. With glibc's default malloc settings, freed memory at the top o
 heap beyond a dynamic threshold (at most 64 MiB) is handed back to the operating system,
 and tensors above another (at most 32 MiB) get pages of their own; either way the next
 iteration's tensors land on fresh pages, and every first touch of a 4 KiB page is a page
-fault in which the kernel zeroes it. For the built-in model at batch 64 that was about
-6 million page faults in 500 iterations, and the model's forward and backward passes ran
-about 1.4x faster without them (README "Performance").
+fault in which the kernel zeroes it (README "Performance", "Memory allocator", has the
+measurements).
 
 :func:`retain_freed_memory` keeps the freed memory in the process instead. Library users
 can call it themselves (or set ``MALLOC_MMAP_THRESHOLD_=33554432`` and

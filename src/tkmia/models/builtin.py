@@ -10,7 +10,7 @@ The shipped weights are ``tkmia/models/weights/digits_cnn.safetensors`` (+ ``.js
 written by ``tkmia train --dataset digits`` (see README, "The built-in model").
 :func:`builtin_model` returns the network for inference and attacks, with every
 BatchNorm folded into the convolution before it (the same function up to float rounding,
-about 1e-5 on the logits; an attack iteration is about a third faster on a CPU) and in
+about 1e-5 on the logits, and cheaper to attack) and in
 the channels-last memory layout (see :meth:`Normalized.to_channels_last`).
 """
 
