@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from tkmia.errors import InputError
 
@@ -63,17 +64,14 @@ class DistInfo:
         return f"{method_key}.rank{self.rank}.jsonl"
 
     def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in a single process)."""
         if self.active:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def share(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (a broadcast); ``obj`` itself when single."""
         if not self.active:
             return obj
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -108,8 +106,6 @@ def init_from_env(device: str) -> tuple[DistInfo, str]:
     info = info_from_env()
     if not info.active:
         return info, device
-    import torch.distributed as dist
-
     if not dist.is_available():
         raise InputError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     if device.startswith("cuda"):
@@ -141,7 +137,5 @@ def init_from_env(device: str) -> tuple[DistInfo, str]:
 def shutdown(info: DistInfo) -> None:
     """Leave the process group (if this process joined one)."""
     if info.active:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
