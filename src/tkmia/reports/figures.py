@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -79,34 +80,7 @@ def example_figure(
     fig = Figure(figsize=(2.3 * cols, 2.9 * n_img))
     axes = fig.subplots(n_img, cols, squeeze=False)
     for i in range(n_img):
-        first = data[0][1]
-        labels, spec = first["labels"][i], first["specified"][i].bool()
-        ax = axes[i, 0]
-        ax.imshow(_img(first["clean"][i]))
-        ax.set_title(
-            "clean\n" + _topk_text(first["clean_scores"][i], labels, spec, k, classes),
-            fontsize=7,
-        )
-        ax.set_xlabel(_measure_text(first["clean_scores"][i], labels, k), fontsize=7)
-        for m, (method, d) in enumerate(data):
-            delta = d["adv"][i] - d["clean"][i]
-            amp = delta.abs().max().clamp(min=1e-12)
-            ax = axes[i, 1 + 2 * m]
-            ax.imshow(_img(delta / (2 * amp) + 0.5))
-            ax.set_title(
-                f"{method}\nperturbation ×{0.5 / float(amp):.0f}",
-                fontsize=7,
-            )
-            ax.set_xlabel(f"L2 {float(delta.norm()):.3f}", fontsize=7)
-            ax = axes[i, 2 + 2 * m]
-            ax.imshow(_img(d["adv"][i]))
-            status = "success" if bool(d["success"][i]) else "failed"
-            ax.set_title(
-                f"adversarial ({status})\n"
-                + _topk_text(d["adv_scores"][i], labels, spec, k, classes),
-                fontsize=7,
-            )
-            ax.set_xlabel(_measure_text(d["adv_scores"][i], labels, k), fontsize=7)
+        _draw_image_row(axes[i], data, i, k, classes)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -115,6 +89,38 @@ def example_figure(
     fig.tight_layout()
     _save(fig, out_png, dpi=110)
     return out_png
+
+
+def _draw_image_row(
+    axes: Any, data: list[tuple[str, dict[str, torch.Tensor]]], i: int, k: int, classes: list[str]
+) -> None:
+    """Image ``i``: its clean image, then each method's perturbation and adversarial image.
+
+    ``axes``: the row's ``1 + 2 * len(data)`` axes; ``data``: ``(title, saved examples)``.
+    """
+    first = data[0][1]
+    labels, spec = first["labels"][i], first["specified"][i].bool()
+    ax = axes[0]
+    ax.imshow(_img(first["clean"][i]))
+    ax.set_title(
+        "clean\n" + _topk_text(first["clean_scores"][i], labels, spec, k, classes), fontsize=7
+    )
+    ax.set_xlabel(_measure_text(first["clean_scores"][i], labels, k), fontsize=7)
+    for m, (method, d) in enumerate(data):
+        delta = d["adv"][i] - d["clean"][i]
+        amp = delta.abs().max().clamp(min=1e-12)
+        ax = axes[1 + 2 * m]
+        ax.imshow(_img(delta / (2 * amp) + 0.5))
+        ax.set_title(f"{method}\nperturbation ×{0.5 / float(amp):.0f}", fontsize=7)
+        ax.set_xlabel(f"L2 {float(delta.norm()):.3f}", fontsize=7)
+        ax = axes[2 + 2 * m]
+        ax.imshow(_img(d["adv"][i]))
+        status = "success" if bool(d["success"][i]) else "failed"
+        ax.set_title(
+            f"adversarial ({status})\n" + _topk_text(d["adv_scores"][i], labels, spec, k, classes),
+            fontsize=7,
+        )
+        ax.set_xlabel(_measure_text(d["adv_scores"][i], labels, k), fontsize=7)
 
 
 def _save(fig: Figure, out_png: Path, dpi: int) -> None:
