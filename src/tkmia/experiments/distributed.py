@@ -46,6 +46,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that writes the shared files)."""
         return self.rank == 0
 
     @property
@@ -53,9 +54,9 @@ class DistInfo:
         """True when a process group is in use (``world_size > 1``)."""
         return self.world_size > 1
 
-    def owns(self, batch_number: int) -> bool:
-        """Whether this rank attacks batch ``batch_number`` of a setting's selected list."""
-        return batch_number % self.world_size == self.rank
+    def owns(self, chunk_number: int) -> bool:
+        """Whether this rank attacks chunk ``chunk_number`` of a setting's selected list."""
+        return chunk_number % self.world_size == self.rank
 
     def records_name(self, method_key: str) -> str:
         """This process's records file name for a method."""

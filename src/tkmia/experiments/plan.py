@@ -51,7 +51,9 @@ def first_eligible(
     last = chosen[-1] + 1 if len(chosen) == samples else cache.n_scored
     skipped = last - len(chosen)
     c = cache.scores.shape[1]
-    specified = torch.stack(specified_rows) if specified_rows else torch.zeros(0, c, dtype=bool)
+    specified = (
+        torch.stack(specified_rows) if specified_rows else torch.zeros(0, c, dtype=torch.bool)
+    )
     return chosen, specified, skipped
 
 

@@ -169,8 +169,9 @@ class SummaryRow:
         """The row of one (setting, configuration) from its records (see
         :func:`~tkmia.experiments.records.summarise`)."""
         measures = summarise(records)
+        attacked = int(measures.pop("attacked"))
         return cls(
-            dataset, model, setting, config, skipped=skipped, bad_images=bad_images, **measures
+            dataset, model, setting, config, attacked, skipped, bad_images=bad_images, **measures
         )
 
     @classmethod
