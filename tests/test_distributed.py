@@ -12,8 +12,9 @@ import pytest
 
 from tkmia.errors import InputError
 from tkmia.experiments.distributed import DistInfo, info_from_env
+from tkmia.experiments.plan import chunks
 from tkmia.experiments.records import read_all_records, read_records
-from tkmia.experiments.runner import TIMING_COLUMNS, chunks
+from tkmia.experiments.summary import TIMING_COLUMNS
 
 ARGS = [
     "--samples", "6", "--methods", "tkmia,kfool", "--max-iter", "5", "--k", "2",

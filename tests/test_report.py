@@ -12,8 +12,9 @@ from PIL import Image
 
 from tkmia.cli import main
 from tkmia.experiments.records import make_records, quantize_uint8, read_all_records, to_uint8
-from tkmia.experiments.runner import SUMMARY_COLUMNS, RunConfig, quantised_success, run
+from tkmia.experiments.runner import RunConfig, quantised_success, run
 from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.experiments.summary import SUMMARY_COLUMNS
 from tkmia.metrics import psnr, ssim
 from tkmia.reports.figures import BAR_MEASURES
 

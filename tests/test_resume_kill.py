@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tkmia.experiments.records import read_all_records, read_records, record_files
-from tkmia.experiments.runner import TIMING_COLUMNS, RunConfig, run
+from tkmia.experiments.runner import RunConfig, run
 from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.experiments.summary import TIMING_COLUMNS
 
 from _toys import TopKDataset, make_cnn
 
@@ -123,7 +124,7 @@ def test_a_partly_written_chunk_is_attacked_again_as_a_whole(tmp_path) -> None:
     assert len(records) == 10 and len({r["index"] for r in records}) == 10
 
     def strip(rs):
-        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rs]
+        return [{k: v for k, v in r.as_dict().items() if k not in TIMING_COLUMNS} for r in rs]
 
     assert strip(rows) == strip(ref)
     # the redone chunk gives the same records (samples are independent); its samples ran

@@ -10,8 +10,9 @@ import torch
 
 from tkmia.errors import InputError
 from tkmia.experiments.records import read_records
-from tkmia.experiments.runner import SUMMARY_COLUMNS, RunConfig, run
+from tkmia.experiments.runner import RunConfig, run
 from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.experiments.summary import SUMMARY_COLUMNS
 from tkmia.reports.render import render
 
 from _toys import make_cnn
@@ -109,8 +110,8 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:4]) + lines[4][:10])  # a torn last line too
     rows2 = run(_config(), model, data, out, progress=False)
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    strip2 = [{k: v for k, v in r.items() if k != "seconds"} for r in rows2]
+    strip = [{k: v for k, v in r.as_dict().items() if k != "seconds"} for r in rows]
+    strip2 = [{k: v for k, v in r.as_dict().items() if k != "seconds"} for r in rows2]
     assert strip == strip2
     # every file holds one record per selected image, written once (none duplicated)
     for setting_dir in (out / "records").iterdir():

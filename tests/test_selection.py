@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 
 from tkmia.errors import InputError
 from tkmia.experiments.cli_run import _load_config, build_methods
+from tkmia.experiments.methods import method_spec
 from tkmia.experiments.selection import (
     has_grid,
     load_rule,
@@ -16,22 +16,33 @@ from tkmia.experiments.selection import (
     save_rule,
     select_rows,
 )
+from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.experiments.summary import SUMMARY_COLUMNS, SummaryRow, read_summary, write_summary
 
 
 def _row(
     method="tkmia", lr=1e-3, lam=1e-3, it=100, success=0.5, aper=1.0, attacked=10, group="g", k=2
 ):
-    return {
-        "dataset": "d", "model": "m", "scheme": "global", "k": k, "group": group, "n": "",
-        "threshold": "all", "method": method, "lr": lr if method != "kfool" else "",
-        "lam": lam if method != "kfool" else "", "max_iter": it, "attacked": attacked,
-        "success_rate": success, "aper": aper,
-    }  # fmt: skip
+    """A summary row; the hyper-parameters the method lacks are left out."""
+    params = {"lr": lr, "lam": lam, "max_iter": it}
+    config = MethodConfig(
+        method, **{n: v for n, v in params.items() if n in method_spec(method).defaults}
+    )
+    nan = math.nan
+    return SummaryRow(
+        "d", "m", Setting("global", k, group=group), config, attacked=attacked, skipped=0,
+        success_rate=success, success_uint8=nan, d_tkacc=nan, d_p_at_k=nan, d_map_at_k=nan,
+        d_ndcg_at_k=nan, delta_n=nan, mean_specified=nan, aper=aper, linf=nan, psnr=nan,
+        ssim=nan, mean_iterations=nan, seconds=nan,
+    )  # fmt: skip
 
 
 def _pick(rows, **kw):
     chosen = select_rows(rows, **kw)
-    return [(r["method"], r["lr"], r["lam"], r["max_iter"], r["group"]) for r in chosen]
+    return [
+        (r.method, r.value("lr") or "", r.value("lam") or "", r.value("max_iter"), r.setting.group)
+        for r in chosen
+    ]
 
 
 def test_highest_success_wins_outside_the_tolerance() -> None:
@@ -116,14 +127,9 @@ def test_rows_read_back_from_csv_select_the_same(tmp_path) -> None:
         _row(lr=5e-4, success=0.945, aper=1.0),
         _row("kfool", it=5, success=0.2, aper=float("nan")),
     ]
-    path = tmp_path / "s.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with path.open(newline="") as fh:
-        text_rows = list(csv.DictReader(fh))
-    assert [r["lr"] for r in select_rows(text_rows)] == ["0.0005", ""]
+    path = write_summary(tmp_path, rows, name="s.csv")
+    text_rows = read_summary(path)
+    assert [r.cells()["lr"] for r in select_rows(text_rows)] == ["0.0005", ""]
     assert has_grid(text_rows) and not has_grid(text_rows[1:])
 
 
@@ -170,7 +176,6 @@ def test_list_flags_and_a_toml_config_give_the_same_grid(tmp_path) -> None:
 
 def test_a_grid_run_states_its_rule_and_writes_selected_csv(tmp_path, capsys) -> None:
     from tkmia.cli import main
-    from tkmia.experiments.runner import SUMMARY_COLUMNS, read_summary
 
     toml = tmp_path / "grid.toml"
     toml.write_text(
@@ -186,10 +191,10 @@ def test_a_grid_run_states_its_rule_and_writes_selected_csv(tmp_path, capsys) ->
     out = tmp_path / "res"
     summary, selected = read_summary(out / "summary.csv"), read_summary(out / "selected.csv")
     assert len(summary) == 2 * 2 + 2 and len(selected) == 2
-    assert list(selected[0]) == SUMMARY_COLUMNS
-    assert all(row in summary for row in selected)
+    assert (out / "selected.csv").read_text().splitlines()[0].split(",") == SUMMARY_COLUMNS
+    assert all(row.cells() in [r.cells() for r in summary] for row in selected)
     expect = select_rows(summary, tol=0.02)
-    assert selected == expect
+    assert [r.cells() for r in selected] == [r.cells() for r in expect]
     md = (out / "summary.md").read_text()
     assert md.count("** ✓") == 2 and "## Selected configurations" in md
     # `tkmia report` re-selects with another scope without touching the records

@@ -171,6 +171,31 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_command(args: argparse.Namespace) -> int:
+    """`tkmia report DIR`: write and print the tables (moved here from reports/render.py;
+    its place is the cli package's report module)."""
+    from tkmia.experiments.selection import check_rule, load_rule
+    from tkmia.reports.render import render
+
+    out = args.dir
+    if not (out / "config.json").is_file() and not (out / "summary.csv").is_file():
+        raise InputError(
+            f"{str(out)!r} is not a tkmia results folder (no config.json and no summary.csv)"
+        )
+    tol = getattr(args, "select_tol", None)
+    scope = getattr(args, "select_scope", None)
+    if tol is not None or scope is not None:
+        rule = load_rule(out)
+        check_rule(
+            rule["rule"],
+            rule["tol"] if tol is None else tol,
+            rule["scope"] if scope is None else scope,
+        )
+    print(render(out, tol=tol, scope=scope))
+    print(f"results: {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tkmia` command; returns the exit code."""
     try:
@@ -187,9 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tkmia.experiments.cli_train import train_command
 
             return train_command(args)
-        from tkmia.reports.render import report_command
-
-        return report_command(args)
+        return _report_command(args)
     except InputError as err:
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"tkmia: error: {message}", file=sys.stderr)  # always exactly one line

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from tkmia.errors import InputError
 
@@ -45,6 +46,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that writes the shared files)."""
         return self.rank == 0
 
     @property
@@ -52,9 +54,9 @@ class DistInfo:
         """True when a process group is in use (``world_size > 1``)."""
         return self.world_size > 1
 
-    def owns(self, batch_number: int) -> bool:
-        """Whether this rank attacks batch ``batch_number`` of a setting's selected list."""
-        return batch_number % self.world_size == self.rank
+    def owns(self, chunk_number: int) -> bool:
+        """Whether this rank attacks chunk ``chunk_number`` of a setting's selected list."""
+        return chunk_number % self.world_size == self.rank
 
     def records_name(self, method_key: str) -> str:
         """This process's records file name for a method."""
@@ -63,17 +65,14 @@ class DistInfo:
         return f"{method_key}.rank{self.rank}.jsonl"
 
     def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in a single process)."""
         if self.active:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def share(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (a broadcast); ``obj`` itself when single."""
         if not self.active:
             return obj
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -108,8 +107,6 @@ def init_from_env(device: str) -> tuple[DistInfo, str]:
     info = info_from_env()
     if not info.active:
         return info, device
-    import torch.distributed as dist
-
     if not dist.is_available():
         raise InputError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     if device.startswith("cuda"):
@@ -141,7 +138,5 @@ def init_from_env(device: str) -> tuple[DistInfo, str]:
 def shutdown(info: DistInfo) -> None:
     """Leave the process group (if this process joined one)."""
     if info.active:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -22,14 +22,8 @@ Sharding: with ``torchrun`` each rank attacks every ``WORLD_SIZE``-th chunk (see
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import sys
 import time
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,156 +33,38 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tkmia.errors import BadImageError, InputError
+from tkmia.attacks import AttackResult
+from tkmia.experiments.chunk_reader import Chunk, ChunkReader
 from tkmia.experiments.distributed import DistInfo
+from tkmia.experiments.plan import SettingPlan, chunks, plan_setting
 from tkmia.experiments.records import (
     append_records,
-    drop_records,
     make_records,
     quantize_uint8,
     read_all_records,
-    record_files,
-    summarise,
 )
+from tkmia.experiments.results_dir import prepare_out_dir, report_bad_images, write_setting
+from tkmia.experiments.scoring import CleanScores, Normalize, score
 from tkmia.experiments.settings import MethodConfig, Setting
-from tkmia.files import atomic_path, write_text_atomic
+from tkmia.experiments.summary import SummaryRow, collect_rows, write_summary
+from tkmia.files import atomic_path
 from tkmia.metrics import removed_count
-from tkmia.protocol import select_global, select_random
-
-SUMMARY_COLUMNS = [
-    "dataset", "model", "scheme", "k", "group", "n", "threshold", "method", "lr", "lam",
-    "max_iter", "attacked", "skipped", "success_rate", "success_uint8", "d_tkacc",
-    "d_p_at_k", "d_map_at_k", "d_ndcg_at_k", "delta_n", "mean_specified", "aper", "linf",
-    "psnr", "ssim", "mean_iterations", "seconds",
-]  # fmt: skip
-#: columns that measure time, not results: they differ between identical runs.
-TIMING_COLUMNS = ("seconds",)
-
-Normalize = tuple[Sequence[float], Sequence[float]]
-
-
-def _score(model: nn.Module, images: torch.Tensor, normalize: Normalize | None) -> torch.Tensor:
-    if normalize is not None:
-        mean = torch.as_tensor(normalize[0], dtype=images.dtype, device=images.device)
-        std = torch.as_tensor(normalize[1], dtype=images.dtype, device=images.device)
-        images = (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return model(images)
-
-
-class CleanScores:
-    """Scores the evaluation split in dataset order, on demand, and keeps them.
-
-    ``upto(n)`` makes sure the first ``n`` images are scored; ``scores`` and ``labels``
-    then hold ``(n_scored, c)`` tensors on the CPU. With ``skip_bad=True`` an image that
-    cannot be read (:class:`~tkmia.errors.BadImageError`) is marked in ``bad`` (its
-    scores are zeros and it is never eligible); otherwise the error stops the run.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        dataset: Dataset,
-        batch_size: int,
-        device: str,
-        normalize: Normalize | None = None,
-        skip_bad: bool = False,
-    ) -> None:
-        self.model, self.dataset, self.batch_size, self.device = model, dataset, batch_size, device
-        self.normalize, self.skip_bad = normalize, skip_bad
-        self.scores = torch.empty(0)
-        self.labels = torch.empty(0)
-        self.bad = torch.zeros(0, dtype=torch.bool)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    @property
-    def n_scored(self) -> int:
-        return self.scores.shape[0]
-
-    def _item(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        try:
-            return self.dataset[i]
-        except BadImageError as err:
-            if self.skip_bad:
-                return None
-            raise BadImageError(
-                f"{err} (or pass --skip-bad-images to skip unreadable images; they are "
-                "counted as skipped)"
-            ) from None
-
-    @torch.no_grad()
-    def upto(self, n: int) -> None:
-        n = min(n, len(self.dataset))
-        chunks, labels, bads = [self.scores], [self.labels], [self.bad]
-        for start in range(self.n_scored, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            items = [self._item(i) for i in range(start, stop)]
-            good = [it for it in items if it is not None]
-            bad = torch.tensor([it is None for it in items], dtype=torch.bool)
-            if good:
-                images = torch.stack([im for im, _ in good]).to(self.device)
-                good_scores = _score(self.model, images, self.normalize).float().cpu()
-                c = good_scores.shape[1]
-                good_labels = torch.stack([lab for _, lab in good]).float()
-            else:
-                c = self.labels.shape[1] if self.labels.numel() else len(self.dataset.classes)
-                good_scores = good_labels = torch.zeros(0, c)
-            scores = torch.zeros(len(items), c)
-            labs = torch.zeros(len(items), c)
-            scores[~bad], labs[~bad] = good_scores, good_labels
-            chunks.append(scores)
-            labels.append(labs)
-            bads.append(bad)
-        if len(chunks) > 1:
-            self.scores = torch.cat([c for c in chunks if c.numel()])
-            self.labels = torch.cat([lb for lb in labels if lb.numel()])
-            self.bad = torch.cat(bads)
-
-
-def select(
-    cache: CleanScores, setting: Setting, samples: int, seed: int
-) -> tuple[list[int], torch.Tensor, int]:
-    """The first ``samples`` eligible images: ``(indices, specified (len, c), skipped)``.
-
-    ``skipped`` counts the ineligible images met before the last selected one (all
-    ineligible images of the split when fewer than ``samples`` are eligible); unreadable
-    images skipped with ``skip_bad`` are among them.
-    """
-    chosen: list[int] = []
-    specified_rows: list[torch.Tensor] = []
-    start = 0
-    step = max(4 * samples, 256)
-    while len(chosen) < samples and start < len(cache):
-        cache.upto(start + step)
-        stop = cache.n_scored
-        labels, scores = cache.labels[start:stop], cache.scores[start:stop]
-        if setting.scheme == "global":
-            spec, ok = select_global(labels, scores, setting.group_indices, setting.k)
-        else:
-            spec, ok = select_random(labels, scores, setting.n, setting.k, seed, range(start, stop))
-        ok = ok & ~cache.bad[start:stop]
-        for row in torch.nonzero(ok).flatten().tolist():
-            if len(chosen) == samples:
-                break
-            chosen.append(start + row)
-            specified_rows.append(spec[row])
-        start = stop
-    last = chosen[-1] + 1 if len(chosen) == samples else cache.n_scored
-    skipped = last - len(chosen)
-    c = cache.scores.shape[1]
-    specified = torch.stack(specified_rows) if specified_rows else torch.zeros(0, c, dtype=bool)
-    return chosen, specified, skipped
-
-
-def chunks(n: int, chunk_size: int) -> list[range]:
-    """The fixed chunks of a selected list of ``n`` images: positions ``[s, s + m)``."""
-    return [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
 @dataclass
 class RunConfig:
-    """Everything that determines a run's results (written to ``config.json``)."""
+    """Everything that determines a run's results (written to ``config.json``).
+
+    Attributes:
+        dataset, model: names (for the tables).
+        settings, methods: what to attack, with what.
+        samples: images per setting.
+        seed: S2's seed.
+        batch_size: the attack's working set.
+        examples: images per (setting, method) saved for the figures.
+        extra: more ``config.json`` entries (e.g. ``classes``, ``split``).
+        chunk_size: images per chunk (None: four batches).
+    """
 
     dataset: str
     model: str
@@ -207,6 +83,7 @@ class RunConfig:
         return self.chunk_size or 4 * self.batch_size
 
     def as_json(self) -> dict[str, Any]:
+        """The ``config.json`` object (a rerun resumes only with an equal one)."""
         return {
             "dataset": self.dataset,
             "model": self.model,
@@ -218,73 +95,112 @@ class RunConfig:
         } | self.extra
 
 
-def _check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> None:
-    """Create ``out`` or make sure it holds a run of the same configuration (resume)."""
-    path = out / "config.json"
-    try:
-        if write:
-            out.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old != config:
-                raise InputError(
-                    f"{str(out)!r} holds results of a different run configuration; "
-                    "pass another --out to start a new run (or the same command to resume)"
-                )
-            return
-        if not write:
-            raise InputError(f"{str(path)!r} is missing (rank 0 should have written it)")
-        write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True))
-    except OSError as err:
-        raise InputError(f"cannot write results to {str(out)!r}: {err.strerror}") from None
+@torch.no_grad()
+def quantised_success(
+    model: nn.Module, result: AttackResult, k: int, normalize: Normalize | None = None
+) -> torch.Tensor:
+    """Success ``(B,)`` bool re-measured after the adversarial images are saved as 8-bit
+    PNGs and read back (``round(x · 255) / 255``): the model is scored on the quantised
+    images and the attack's own rule applied (``ΔN >= required``, with ΔN against the
+    clean top-k)."""
+    quantised = quantize_uint8(result.adv_images.detach())
+    scores = score(model, quantised, normalize).to(result.clean_scores.dtype)
+    removed = removed_count(result.clean_scores, scores, result.specified, k)
+    return removed >= result.required.to(removed.device)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
-
-
-def _save_examples(
-    path: Path,
-    indices: list[int],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    result,
-) -> None:
+def _save_examples(path: Path, chunk: Chunk, result: AttackResult, n: int) -> None:
+    """The first ``n`` images of a chunk and their results, for the figures."""
     tensors = {
-        "indices": torch.tensor(indices),
-        "clean": images.cpu().contiguous(),
-        "adv": result.adv_images.detach().cpu().contiguous(),
-        "labels": labels.cpu().contiguous(),
-        "specified": result.specified.cpu().contiguous(),
-        "clean_scores": result.clean_scores.cpu().contiguous(),
-        "adv_scores": result.adv_scores.cpu().contiguous(),
-        "success": result.success.cpu(),
+        "indices": torch.tensor(chunk.indices[:n]),
+        "clean": chunk.images[:n].cpu().contiguous(),
+        "adv": result.adv_images[:n].detach().cpu().contiguous(),
+        "labels": chunk.labels[:n].cpu().contiguous(),
+        "specified": result.specified[:n].cpu().contiguous(),
+        "clean_scores": result.clean_scores[:n].cpu().contiguous(),
+        "adv_scores": result.adv_scores[:n].cpu().contiguous(),
+        "success": result.success[:n].cpu(),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
 
 
-@torch.no_grad()
-def quantised_success(
-    model: nn.Module, result, k: int, normalize: Normalize | None = None
-) -> torch.Tensor:
-    """Success ``(B,)`` re-measured after the adversarial images are saved as 8-bit PNGs
-    and read back (``round(x · 255) / 255``): the model is scored on the quantised images
-    and the attack's own rule applied (``ΔN >= required``, with ΔN against the clean
-    top-k)."""
-    quantised = quantize_uint8(result.adv_images.detach())
-    scores = _score(model, quantised, normalize).to(result.clean_scores.dtype)
-    removed = removed_count(result.clean_scores, scores, result.specified, k)
-    return removed >= result.required.to(removed.device)
-
-
 @dataclass
-class _Plan:
-    setting: Setting
-    indices: list[int]
-    specified: torch.Tensor
-    skipped: int
-    bad: list[int]
+class _Run:
+    """What every (setting, method) of one run shares."""
+
+    config: RunConfig
+    model: nn.Module
+    dataset: Dataset
+    out: Path
+    device: str
+    normalize: Normalize | None
+    dist: DistInfo
+    progress: bool
+
+    def my_chunks(self, plan: SettingPlan, method: MethodConfig) -> tuple[list[list[int]], int]:
+        """This rank's chunks of a (setting, method) that still need attacking (as
+        positions into ``plan.indices``, those with records left out) and how many
+        images its share holds in all."""
+        setting_dir = self.out / "records" / plan.setting.key
+        done = {r["index"] for r in read_all_records(setting_dir, method.key)}
+        mine = [
+            [p for p in chunk if plan.indices[p] not in done]
+            for b, chunk in enumerate(chunks(len(plan.indices), self.config.chunk))
+            if self.dist.owns(b)
+        ]
+        total = sum(len(chunk) for chunk in mine)
+        return [chunk for chunk in mine if chunk], total
+
+    def attack(self, plan: SettingPlan, method: MethodConfig) -> None:
+        """Attack this rank's unfinished chunks of a (setting, method), streaming them
+        through one working set, and write each chunk's records as it finishes."""
+        setting = plan.setting
+        mine, total = self.my_chunks(plan, method)
+        todo = sum(len(chunk) for chunk in mine)
+        bar = tqdm(
+            total=total,
+            initial=total - todo,
+            desc=f"{setting.key} {method.method}",
+            disable=not self.progress or not self.dist.is_main,
+            leave=False,
+        )
+        if mine:
+            attack = method.build(self.model, setting.k, self.normalize)
+            reader = ChunkReader(self.dataset, plan.indices, plan.specified, mine, self.device)
+            results = attack.stream(
+                reader, setting.effective_threshold, batch_size=self.config.batch_size
+            )
+            start = time.perf_counter()
+            for result in results:
+                elapsed = time.perf_counter() - start
+                chunk, reading = reader.finished()
+                self.record(setting, method, chunk, result, elapsed - reading)
+                bar.update(len(chunk.positions))
+                start = time.perf_counter()
+        bar.close()
+
+    def record(
+        self,
+        setting: Setting,
+        method: MethodConfig,
+        chunk: Chunk,
+        result: AttackResult,
+        seconds: float,
+    ) -> None:
+        """Append a finished chunk's records (and save the examples of the first chunk).
+
+        ``seconds``: the attack's time on the chunk, less the time spent reading images.
+        """
+        ok8 = quantised_success(self.model, result, setting.k, self.normalize)
+        if chunk.positions[0] == 0 and self.config.examples > 0:
+            path = self.out / "examples" / setting.key / f"{method.key}.safetensors"
+            _save_examples(path, chunk, result, min(self.config.examples, len(chunk.indices)))
+        records = make_records(
+            chunk.indices, chunk.images, chunk.labels, result, setting.k, seconds, ok8
+        )
+        path = self.out / "records" / setting.key / self.dist.records_name(method.key)
+        append_records(path, records)
 
 
 def run(
@@ -298,272 +214,53 @@ def run(
     normalize: Normalize | None = None,
     skip_bad_images: bool = False,
     dist: DistInfo | None = None,
-) -> list[dict[str, Any]]:
-    """Carry out the protocol for every setting × method; returns the summary rows.
+) -> list[SummaryRow]:
+    """Carry out the protocol for every setting × method.
 
     Records go to ``out/records/<setting>/<method>.jsonl`` (``.rank<r>.jsonl`` for rank
     ``r`` of a distributed run) as the run goes; a rerun with the same configuration
     resumes where the last one stopped. ``summary.csv`` is written at the end (by rank 0)
-    from the records alone. With ``skip_bad_images`` an unreadable image is skipped and
-    counted (``bad_images`` in ``setting.json``) instead of stopping the run.
+    from the records alone.
+
+    Args:
+        config: what to run.
+        model: the classifier, scores ``(B, c)`` of images ``(B, 3, H, W)``; moved to
+            ``device`` and put in eval mode.
+        dataset: the evaluation split, ``(image, labels)`` items.
+        out: the results folder.
+        device: where the model and attacks run.
+        progress: show progress bars (rank 0 only).
+        normalize: ``(mean, std)`` the model expects (None: pixels in [0, 1]).
+        skip_bad_images: skip and count an unreadable image (``bad_images`` in
+            ``setting.json``) instead of stopping the run.
+        dist: this process's place in a ``torchrun`` run (default: single process).
+
+    Returns:
+        The summary rows, one per (setting, method), in run order.
+
+    Raises:
+        InputError: ``out`` holds another configuration or cannot be written.
+        BadImageError: an image cannot be read and ``skip_bad_images`` is off.
     """
     dist = dist or DistInfo()
-    error = None
-    if dist.is_main:
-        try:
-            _check_out_dir(out, config.as_json())
-        except InputError as err:
-            error = str(err)
-    error = dist.share(error)
-    if error is not None:
-        raise InputError(error)
-    if not dist.is_main:
-        _check_out_dir(out, config.as_json(), write=False)
+    prepare_out_dir(out, config.as_json(), dist)
     model = model.to(device).eval()
     cache = CleanScores(
         model, dataset, config.batch_size, device, normalize=normalize, skip_bad=skip_bad_images
     )
-    # 1. selection (deterministic: every rank selects the same images)
-    plans = []
-    for setting in config.settings:
-        indices, specified, skipped = select(cache, setting, config.samples, config.seed)
-        scanned = indices[-1] + 1 if len(indices) == config.samples else cache.n_scored
-        bad = torch.nonzero(cache.bad[:scanned]).flatten().tolist()
-        plans.append(_Plan(setting, indices, specified, skipped, bad))
-    # 2. rank 0 writes what describes the run and repairs interrupted batches
+    # deterministic: every rank selects the same images
+    plans = [plan_setting(cache, s, config.samples, config.seed) for s in config.settings]
     if dist.is_main:
         for plan in plans:
-            setting_dir = out / "records" / plan.setting.key
-            _write_json(
-                setting_dir / "setting.json",
-                asdict(plan.setting)
-                | {"skipped": plan.skipped, "bad_images": len(plan.bad)}
-                | ({"bad_image_indices": plan.bad} if plan.bad else {})
-                | {"indices": plan.indices},
-            )
-            for method in config.methods:
-                _write_json(setting_dir / f"{method.key}.json", method.as_dict())
-                _drop_incomplete_chunks(setting_dir, method.key, plan.indices, config.chunk)
-        _report_bad_images(plans, dataset)
+            write_setting(out, plan, config.methods, config.chunk)
+        report_bad_images(plans, dataset)
     dist.barrier()
-    # 3. every rank attacks its chunks
+    job = _Run(config, model, dataset, out, device, normalize, dist, progress)
     for plan in plans:
-        setting, indices, specified = plan.setting, plan.indices, plan.specified
-        setting_dir = out / "records" / setting.key
         for method in config.methods:
-            done = {r["index"] for r in read_all_records(setting_dir, method.key)}
-            mine = [
-                [p for p in chunk if indices[p] not in done]
-                for b, chunk in enumerate(chunks(len(indices), config.chunk))
-                if dist.owns(b)
-            ]
-            mine_total = sum(len(chunk) for chunk in mine)
-            mine = [chunk for chunk in mine if chunk]
-            path = setting_dir / dist.records_name(method.key)
-            attack = method.build(model, setting.k, normalize) if mine else None
-            todo = sum(len(chunk) for chunk in mine)
-            bar = tqdm(
-                total=mine_total,
-                initial=mine_total - todo,
-                desc=f"{setting.key} {method.method}",
-                disable=not progress or not dist.is_main,
-                leave=False,
-            )
-            example_path = out / "examples" / setting.key / f"{method.key}.safetensors"
-            reader = _ChunkReader(dataset, indices, specified, mine, device)
-            results = (
-                attack.stream(reader, setting.effective_threshold, batch_size=config.batch_size)
-                if mine
-                else ()
-            )
-            t0 = time.perf_counter()
-            for result in results:
-                # the attack time since the previous chunk came back, less image reading
-                seconds = time.perf_counter() - t0 - reader.seconds
-                rows_, batch_idx, images, labels = reader.read.popleft()
-                ok8 = quantised_success(model, result, setting.k, normalize)
-                if rows_[0] == 0 and config.examples > 0:
-                    n_ex = min(config.examples, len(rows_))
-                    _save_examples(
-                        example_path,
-                        batch_idx[:n_ex],
-                        images[:n_ex],
-                        labels[:n_ex],
-                        _slice_result(result, n_ex),
-                    )
-                append_records(
-                    path,
-                    make_records(batch_idx, images, labels, result, setting.k, seconds, ok8),
-                )
-                bar.update(len(rows_))
-                reader.seconds = 0.0
-                t0 = time.perf_counter()
-            bar.close()
-    # 4. rank 0 summarises every rank's records
+            job.attack(plan, method)
     dist.barrier()
     rows = collect_rows(out, config.settings, config.methods)
     if dist.is_main:
         write_summary(out, rows)
     return rows
-
-
-class _ChunkReader:
-    """The ``(images, labels, specified)`` of each chunk (positions into ``indices``), read
-    from the dataset only when the attack's stream asks for it. ``read`` keeps each chunk's
-    ``(positions, dataset indices, images, labels)`` until its result comes back (results
-    come back in chunk order); ``seconds`` adds up the time spent reading (the runner
-    keeps it out of the attack's time)."""
-
-    def __init__(self, dataset, indices, specified, chunks, device) -> None:
-        self.dataset, self.indices, self.specified = dataset, indices, specified
-        self.chunks, self.device = chunks, device
-        self.read: deque[tuple[list[int], list[int], torch.Tensor, torch.Tensor]] = deque()
-        self.seconds = 0.0
-
-    def __len__(self) -> int:  # the attack then reads the last chunk with the one before it
-        return len(self.chunks)
-
-    def __iter__(self):
-        for rows in self.chunks:
-            t = time.perf_counter()
-            batch_idx = [self.indices[i] for i in rows]
-            items = [self.dataset[i] for i in batch_idx]
-            images = torch.stack([im for im, _ in items]).to(self.device)
-            labels = torch.stack([lab for _, lab in items]).to(self.device)
-            self.read.append((rows, batch_idx, images, labels))
-            self.seconds += time.perf_counter() - t
-            yield images, labels, self.specified[rows].to(self.device)
-
-
-def _drop_incomplete_chunks(
-    setting_dir: Path, method_key: str, indices: list[int], chunk_size: int
-) -> None:
-    """Cut torn tails and drop the records of chunks that were only partly written."""
-    done = {r["index"] for r in read_all_records(setting_dir, method_key, repair=True)}
-    drop: set[int] = set()
-    for chunk in chunks(len(indices), chunk_size):
-        have = [indices[p] for p in chunk if indices[p] in done]
-        if 0 < len(have) < len(chunk):
-            drop.update(have)
-    if drop:
-        for path in record_files(setting_dir, method_key):
-            drop_records(path, drop)
-
-
-def _report_bad_images(plans: list[_Plan], dataset: Dataset) -> None:
-    bad = sorted({i for plan in plans for i in plan.bad})
-    if not bad:
-        return
-    paths = getattr(dataset, "paths", None)
-    names = [str(paths[i]) if paths is not None else f"#{i}" for i in bad[:3]]
-    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    print(
-        f"tkmia run: skipped {len(bad)} unreadable image(s) (--skip-bad-images; counted "
-        f"as skipped and as bad_images in setting.json): {', '.join(names)}{more}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def collect_rows(
-    out: Path,
-    settings: Sequence[Setting] | None = None,
-    methods: Sequence[MethodConfig] | None = None,
-) -> list[dict[str, Any]]:
-    """Summary rows re-derived from the records under ``out`` (in run order if given).
-
-    The records of all files of a method (a single process's and every rank's) are
-    merged, one per image, in image order.
-    """
-    path = out / "config.json"
-    if not path.is_file():
-        raise InputError(f"{str(out)!r} is not a tkmia results folder (no config.json)")
-    config = json.loads(path.read_text())
-    setting_keys = [s.key for s in settings] if settings else config["settings"]
-    method_keys = [m.key for m in methods] if methods else config["methods"]
-    rows = []
-    for skey in setting_keys:
-        sdir = out / "records" / skey
-        if not (sdir / "setting.json").is_file():
-            continue
-        sdata = json.loads((sdir / "setting.json").read_text())
-        skipped = sdata.pop("skipped")
-        bad_images = sdata.pop("bad_images", 0)
-        sdata.pop("bad_image_indices", None)
-        selected = sdata.pop("indices", None)
-        if sdata.get("group_indices") is not None:
-            sdata["group_indices"] = tuple(sdata["group_indices"])
-        setting = Setting(**sdata)
-        for mkey in method_keys:
-            mpath = sdir / f"{mkey}.json"
-            if not mpath.is_file():
-                continue
-            method = MethodConfig.from_dict(json.loads(mpath.read_text()))
-            records = read_all_records(sdir, mkey)
-            if selected is not None:  # records of images no longer selected do not count
-                keep = set(selected)
-                records = [r for r in records if r["index"] in keep]
-            row = _summary_row(
-                config["dataset"], config["model"], setting, method, skipped, records
-            )
-            rows.append(row | {"bad_images": bad_images})
-    return rows
-
-
-def _slice_result(result, n: int):
-    from tkmia.attacks import AttackResult
-
-    return AttackResult(**{name: getattr(result, name)[:n] for name in result.__dataclass_fields__})
-
-
-def _summary_row(
-    dataset: str,
-    model: str,
-    setting: Setting,
-    method: MethodConfig,
-    skipped: int,
-    records: list[dict[str, Any]],
-) -> dict[str, Any]:
-    row = {
-        "dataset": dataset,
-        "model": model,
-        "scheme": setting.scheme,
-        "k": setting.k,
-        "group": setting.group or "",
-        "n": setting.n if setting.n is not None else "",
-        "threshold": setting.effective_threshold if setting.scheme == "random" else "all",
-        "method": method.method,
-        **{
-            name: "" if value is None else value
-            for name, value in method.as_dict().items()
-            if name != "method"
-        },
-        "skipped": skipped,
-    }
-    return row | summarise(records)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def write_summary(out: Path, rows: list[dict[str, Any]], name: str = "summary.csv") -> Path:
-    """Write ``summary.csv`` (or ``name``, same columns) atomically."""
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _fmt(row.get(key, math.nan)) for key in SUMMARY_COLUMNS})
-    path = out / name
-    write_text_atomic(path, buffer.getvalue())
-    return path
-
-
-def read_summary(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``summary.csv`` (values as strings, as written)."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))

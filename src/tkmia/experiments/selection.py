@@ -19,31 +19,24 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tkmia.errors import InputError
+from tkmia.experiments.settings import MethodConfig
+from tkmia.experiments.summary import SummaryRow
 from tkmia.files import write_text_atomic
 
 RULES = ("success",)
 SCOPES = ("setting", "all")
 DEFAULT_TOL = 0.01
 DEFAULT_SCOPE = "setting"
-#: what identifies a setting in a summary row, and a configuration of a method.
-SETTING_KEYS = ("dataset", "model", "scheme", "k", "group", "n", "threshold")
-CONFIG_KEYS = ("lr", "lam", "max_iter")
+#: the hyper-parameters that break remaining ties, smaller first, in this order.
+TIE_BREAK = ("max_iter", "lr", "lam")
 #: success rates closer than this count as equal (the rule's tolerance is inclusive).
 _EPS = 1e-9
-
-
-def _num(value: Any, missing: float = math.nan) -> float:
-    if value is None or value == "":
-        return missing
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return missing
 
 
 def check_rule(rule: str = "success", tol: float = DEFAULT_TOL, scope: str = DEFAULT_SCOPE) -> None:
@@ -65,81 +58,90 @@ def rule_text(rule: str = "success", tol: float = DEFAULT_TOL, scope: str = DEFA
     return text
 
 
-def _setting_id(row: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(row.get(key, "")) for key in SETTING_KEYS)
+@dataclass(frozen=True)
+class _Candidate:
+    """A configuration in the running: its success rate, its APer (NaN: none) and a row."""
+
+    success: float
+    aper: float
+    row: SummaryRow
 
 
-def _config_id(row: dict[str, Any]) -> tuple[str, ...]:
-    return (str(row.get("method", "")),) + tuple(
-        str(_num(row.get(key), 0.0)) for key in CONFIG_KEYS
-    )
+def _best(candidates: list[_Candidate], tol: float) -> SummaryRow:
+    """The row the rule picks among ``candidates``."""
+    top = max(c.success for c in candidates)
+    close = [c for c in candidates if c.success >= top - tol - _EPS]
+
+    def key(c: _Candidate) -> tuple[float, ...]:
+        params = c.row.config.params
+        ties = tuple(float(params.get(name, 0.0)) for name in TIE_BREAK)
+        return (c.aper if not math.isnan(c.aper) else math.inf, *ties)
+
+    return min(close, key=key).row
 
 
-def _best(candidates: list[tuple[float, float, dict[str, Any]]], tol: float) -> dict[str, Any]:
-    """``candidates``: (success, aper, row); the row the rule picks."""
-    top = max(success for success, _, _ in candidates)
-    close = [c for c in candidates if c[0] >= top - tol - _EPS]
-
-    def key(c: tuple[float, float, dict[str, Any]]) -> tuple[float, ...]:
-        _, aper, row = c
-        return (
-            aper if not math.isnan(aper) else math.inf,
-            _num(row.get("max_iter"), 0.0),
-            _num(row.get("lr"), 0.0),
-            _num(row.get("lam"), 0.0),
-        )
-
-    return min(close, key=key)[2]
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def select_rows(
-    rows: Iterable[dict[str, Any]],
+    rows: Iterable[SummaryRow],
     rule: str = "success",
     tol: float = DEFAULT_TOL,
     scope: str = DEFAULT_SCOPE,
-) -> list[dict[str, Any]]:
+) -> list[SummaryRow]:
     """The rows the rule selects, in the order of ``rows``.
 
-    ``rows`` are summary rows (from :func:`~tkmia.experiments.runner.collect_rows` or read
-    back from ``summary.csv``: numbers or their text). With scope ``"setting"`` one row per
-    (setting, method) that attacked anything; with scope ``"all"`` the rows of one
-    configuration per method, in every setting where it attacked anything.
+    Args:
+        rows: summary rows (from :func:`~tkmia.experiments.summary.collect_rows` or
+            :func:`~tkmia.experiments.summary.read_summary`).
+        rule, tol, scope: the selection rule (see the module's docstring).
+
+    Returns:
+        With scope ``"setting"`` one row per (setting, method) that attacked anything;
+        with scope ``"all"`` the rows of one configuration per method, in every setting
+        where it attacked anything. The rows themselves, not copies.
+
+    Raises:
+        InputError: an invalid rule, tolerance or scope.
     """
     check_rule(rule, tol, scope)
-    rows = [r for r in rows if _num(r.get("attacked"), 0.0) > 0]
+    rows = [r for r in rows if r.attacked > 0]
     chosen: set[int] = set()
     if scope == "setting":
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        groups: dict[tuple[Any, ...], list[SummaryRow]] = {}
         for row in rows:
-            groups.setdefault(_setting_id(row) + (str(row["method"]),), []).append(row)
+            groups.setdefault((*row.setting_id, row.method), []).append(row)
         for group in groups.values():
-            cands = [(_num(r["success_rate"], 0.0), _num(r.get("aper")), r) for r in group]
-            chosen.add(id(_best(cands, tol)))
+            best = _best([_Candidate(_nan0(r.success_rate), r.aper, r) for r in group], tol)
+            chosen.add(id(best))
     else:
-        by_config: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        by_config: dict[tuple[Any, ...], list[SummaryRow]] = {}
         for row in rows:
-            by_config.setdefault(
-                (str(row.get("dataset", "")), str(row.get("model", ""))) + _config_id(row), []
-            ).append(row)
-        per_method: dict[tuple[str, ...], list[tuple[float, float, dict[str, Any]]]] = {}
-        for cid, group in by_config.items():
-            success = sum(_num(r["success_rate"], 0.0) for r in group) / len(group)
-            apers = [_num(r.get("aper")) for r in group]
-            apers = [a for a in apers if not math.isnan(a)]
-            aper = sum(apers) / len(apers) if apers else math.nan
-            per_method.setdefault(cid[:3], []).append((success, aper, group[0]))
+            by_config.setdefault((row.dataset, row.model, row.config), []).append(row)
+        per_method: dict[tuple[Any, ...], list[_Candidate]] = {}
+        for (dataset, model, config), group in by_config.items():
+            success = _mean([_nan0(r.success_rate) for r in group])
+            aper = _mean([r.aper for r in group if not math.isnan(r.aper)])
+            per_method.setdefault((dataset, model, config.method), []).append(
+                _Candidate(success, aper, group[0])
+            )
         for cands in per_method.values():
             best = _best(cands, tol)
-            cid = (str(best.get("dataset", "")), str(best.get("model", ""))) + _config_id(best)
-            chosen.update(id(r) for r in by_config[cid])
+            chosen.update(id(r) for r in by_config[best.dataset, best.model, best.config])
     return [r for r in rows if id(r) in chosen]
 
 
-def has_grid(rows: Sequence[dict[str, Any]]) -> bool:
+def _nan0(value: float) -> float:
+    """A success rate, 0 when there is none (NaN)."""
+    return 0.0 if math.isnan(value) else value
+
+
+def has_grid(rows: Iterable[SummaryRow]) -> bool:
     """Whether some method was run with more than one configuration."""
-    configs: dict[str, set[tuple[str, ...]]] = {}
+    configs: dict[str, set[MethodConfig]] = {}
     for row in rows:
-        configs.setdefault(str(row["method"]), set()).add(_config_id(row))
+        configs.setdefault(row.method, set()).add(row.config)
     return any(len(c) > 1 for c in configs.values())
 
 

@@ -14,8 +14,10 @@ from matplotlib.figure import Figure
 from safetensors.torch import load_file
 
 from tkmia.experiments.records import MEASURES
-from tkmia.experiments.settings import METHOD_TITLES
+from tkmia.experiments.settings import MethodConfig
+from tkmia.experiments.summary import SummaryRow
 from tkmia.files import atomic_path
+from tkmia.reports.labels import config_label, method_rank
 
 SHORT = {"tkacc": "TkAcc", "p_at_k": "P@k", "map_at_k": "AP@k", "ndcg_at_k": "NDCG@k"}
 
@@ -48,61 +50,37 @@ def example_figure(
     classes: list[str],
     k: int,
     out_png: Path,
+    configs: Sequence[MethodConfig],
     title: str = "",
-    methods: Sequence[str] | None = None,
 ) -> Path | None:
-    """Draw the saved examples of one setting (all methods side by side) to ``out_png``.
+    """Draw the saved examples of one setting (the methods side by side) to ``out_png``.
 
     Each row is one image: the clean image with its top-k, then for every method the
     perturbation (amplified to the full range) and the adversarial image with its top-k.
-    ``methods``: the method-configuration keys to draw (default: every saved one).
-    Returns None when the setting has no saved examples.
+
+    Args:
+        setting_dir: ``examples/<setting>`` of a results folder.
+        classes: the ``c`` label names.
+        k: the setting's k.
+        out_png: where to write the figure.
+        configs: the method configurations to draw (those with saved examples are drawn,
+            in registry order).
+        title: the figure's title.
+
+    Returns:
+        ``out_png``, or None when none of ``configs`` has saved examples.
     """
-    files = sorted(setting_dir.glob("*.safetensors"))
-    if methods is not None:
-        files = [p for p in files if p.stem in set(methods)]
-    if not files:
+    saved = [c for c in configs if (setting_dir / f"{c.key}.safetensors").is_file()]
+    if not saved:
         return None
-    order = list(METHOD_TITLES)
-    files.sort(
-        key=lambda p: (
-            order.index(p.stem.split("-")[0]) if p.stem.split("-")[0] in order else len(order)
-        )
-    )
-    data = [(p.stem.split("-")[0], load_file(str(p))) for p in files]
+    saved.sort(key=lambda c: (method_rank(c), c.key))
+    data = [(c.title, load_file(str(setting_dir / f"{c.key}.safetensors"))) for c in saved]
     n_img = min(d["clean"].shape[0] for _, d in data)
     cols = 1 + 2 * len(data)
     fig = Figure(figsize=(2.3 * cols, 2.9 * n_img))
     axes = fig.subplots(n_img, cols, squeeze=False)
     for i in range(n_img):
-        first = data[0][1]
-        labels, spec = first["labels"][i], first["specified"][i].bool()
-        ax = axes[i, 0]
-        ax.imshow(_img(first["clean"][i]))
-        ax.set_title(
-            "clean\n" + _topk_text(first["clean_scores"][i], labels, spec, k, classes),
-            fontsize=7,
-        )
-        ax.set_xlabel(_measure_text(first["clean_scores"][i], labels, k), fontsize=7)
-        for m, (method, d) in enumerate(data):
-            delta = d["adv"][i] - d["clean"][i]
-            amp = delta.abs().max().clamp(min=1e-12)
-            ax = axes[i, 1 + 2 * m]
-            ax.imshow(_img(delta / (2 * amp) + 0.5))
-            ax.set_title(
-                f"{METHOD_TITLES.get(method, method)}\nperturbation ×{0.5 / float(amp):.0f}",
-                fontsize=7,
-            )
-            ax.set_xlabel(f"L2 {float(delta.norm()):.3f}", fontsize=7)
-            ax = axes[i, 2 + 2 * m]
-            ax.imshow(_img(d["adv"][i]))
-            status = "success" if bool(d["success"][i]) else "failed"
-            ax.set_title(
-                f"adversarial ({status})\n"
-                + _topk_text(d["adv_scores"][i], labels, spec, k, classes),
-                fontsize=7,
-            )
-            ax.set_xlabel(_measure_text(d["adv_scores"][i], labels, k), fontsize=7)
+        _draw_image_row(axes[i], data, i, k, classes)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -111,6 +89,38 @@ def example_figure(
     fig.tight_layout()
     _save(fig, out_png, dpi=110)
     return out_png
+
+
+def _draw_image_row(
+    axes: Any, data: list[tuple[str, dict[str, torch.Tensor]]], i: int, k: int, classes: list[str]
+) -> None:
+    """Image ``i``: its clean image, then each method's perturbation and adversarial image.
+
+    ``axes``: the row's ``1 + 2 * len(data)`` axes; ``data``: ``(title, saved examples)``.
+    """
+    first = data[0][1]
+    labels, spec = first["labels"][i], first["specified"][i].bool()
+    ax = axes[0]
+    ax.imshow(_img(first["clean"][i]))
+    ax.set_title(
+        "clean\n" + _topk_text(first["clean_scores"][i], labels, spec, k, classes), fontsize=7
+    )
+    ax.set_xlabel(_measure_text(first["clean_scores"][i], labels, k), fontsize=7)
+    for m, (method, d) in enumerate(data):
+        delta = d["adv"][i] - d["clean"][i]
+        amp = delta.abs().max().clamp(min=1e-12)
+        ax = axes[1 + 2 * m]
+        ax.imshow(_img(delta / (2 * amp) + 0.5))
+        ax.set_title(f"{method}\nperturbation ×{0.5 / float(amp):.0f}", fontsize=7)
+        ax.set_xlabel(f"L2 {float(delta.norm()):.3f}", fontsize=7)
+        ax = axes[2 + 2 * m]
+        ax.imshow(_img(d["adv"][i]))
+        status = "success" if bool(d["success"][i]) else "failed"
+        ax.set_title(
+            f"adversarial ({status})\n" + _topk_text(d["adv_scores"][i], labels, spec, k, classes),
+            fontsize=7,
+        )
+        ax.set_xlabel(_measure_text(d["adv_scores"][i], labels, k), fontsize=7)
 
 
 def _save(fig: Figure, out_png: Path, dpi: int) -> None:
@@ -133,49 +143,35 @@ BAR_MEASURES = [
 ]
 
 
-def _short_setting(row: dict[str, Any]) -> str:
-    if row["scheme"] == "global":
-        return f"S1 {row['group']}\nk={row['k']}"
-    return f"S2 n={row['n']} t={row['threshold']}\nk={row['k']}"
+def _series(rows: Sequence[SummaryRow]) -> dict[str, dict[str, SummaryRow]]:
+    """``{bar label: {setting title: row}}``, the methods in registry order; with their
+    hyper-parameters in the label when some setting has a method more than once."""
+    grid = len(rows) > len({(r.setting_title, r.method) for r in rows})
+    keyed = [(method_rank(r.config), config_label(r.config, detailed=grid), r) for r in rows]
+    series: dict[str, dict[str, SummaryRow]] = {}
+    for _, label, row in sorted(keyed, key=lambda t: (t[0], t[1])):
+        series.setdefault(label, {})[row.setting_title] = row
+    return series
 
 
-def _value(row: dict[str, Any], column: str) -> float:
-    try:
-        return float(row.get(column))
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def measure_bars(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+def measure_bars(rows: Sequence[SummaryRow], out_dir: Path) -> list[Path]:
     """One grouped bar chart per measure: settings on the x axis, the methods side by side.
 
-    ``rows`` are summary rows with one row per (setting, method) (the selected
-    configurations of a grid); a method run with several configurations gets one bar
-    per configuration. Writes ``out_dir/bars-<measure>.png``; returns the paths.
+    Args:
+        rows: summary rows with one row per (setting, method) (the selected
+            configurations of a grid); a method run with several configurations gets one
+            bar per configuration.
+        out_dir: where to write ``bars-<measure>.png``.
+
+    Returns:
+        The paths written (none for no rows).
     """
     if not rows:
         return []
-    from tkmia.reports.tables import setting_title
-
     settings: dict[str, str] = {}
     for row in rows:
-        settings.setdefault(setting_title(row), _short_setting(row))
-    order = list(METHOD_TITLES)
-    series: dict[str, dict[str, dict[str, Any]]] = {}
-    grid = len(rows) > len({(setting_title(r), r["method"]) for r in rows})
-    keyed = []
-    for row in rows:
-        label = METHOD_TITLES.get(row["method"], str(row["method"]))
-        if grid:
-            label += (
-                f" (it={row['max_iter']})"
-                if row["method"] == "kfool"
-                else f" (lr={row['lr']}, λ={row['lam']}, it={row['max_iter']})"
-            )
-        rank = order.index(row["method"]) if row["method"] in order else len(order)
-        keyed.append((rank, label, row))
-    for _, label, row in sorted(keyed, key=lambda t: (t[0], t[1])):
-        series.setdefault(label, {})[setting_title(row)] = row
+        settings.setdefault(row.setting_title, row.setting_short_title)
+    series = _series(rows)
     titles = list(settings)
     width = 0.8 / max(len(series), 1)
     paths = []
@@ -184,7 +180,7 @@ def measure_bars(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax = fig.subplots()
         for j, (label, by_setting) in enumerate(series.items()):
             xs = [i - 0.4 + width * (j + 0.5) for i in range(len(titles))]
-            ys = [_value(by_setting[t], column) if t in by_setting else math.nan for t in titles]
+            ys = [getattr(by_setting[t], column) if t in by_setting else math.nan for t in titles]
             ax.bar(xs, [0.0 if math.isnan(y) else y for y in ys], width, label=label)
             for x, y in zip(xs, ys, strict=True):
                 if math.isnan(y):

@@ -1,29 +1,50 @@
-"""`tkmia report DIR`: tables (Markdown, CSV, LaTeX) and figures of a results folder."""
+"""A results folder's tables (Markdown, CSV, LaTeX) and figures, from its summary rows."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from tkmia.errors import InputError
+from tkmia.experiments.selection import has_grid, load_rule, rule_text, select_rows
+from tkmia.experiments.settings import MethodConfig
+from tkmia.experiments.summary import SummaryRow, collect_rows, read_summary, write_summary
 from tkmia.files import write_text_atomic
+from tkmia.reports.figures import example_figure, measure_bars
+from tkmia.reports.tables import latex_tables, markdown_tables
+
+INTRO = (
+    "Drops (Δ) are clean minus adversarial, averaged over the attacked images; "
+    "ΔN is the mean number of specified labels removed from the top-k; APer is the "
+    "mean L2 norm of the perturbation (pixels in [0, 1]) over the successful images, "
+    "and so are L∞, PSNR (dB) and SSIM; success 8-bit is the success rate after the "
+    "adversarial images are quantised to 8 bits (saved as PNG and read back)."
+)
 
 
-def _load_rows(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows re-derived from the records (and ``summary.csv`` rewritten), or, for a folder
-    that holds only a ``summary.csv``, the rows read from it."""
-    from tkmia.experiments.runner import collect_rows, read_summary, write_summary
+def load_rows(out: Path) -> tuple[list[SummaryRow], dict[str, Any]]:
+    """The rows of a results folder and its configuration.
 
+    Rows are re-derived from the records (and ``summary.csv`` rewritten), or, for a
+    folder that holds only a ``summary.csv``, read from it (the configuration then has
+    just ``dataset`` and ``model``, ``"?"`` when the file has no rows).
+
+    Raises:
+        InputError: ``out`` has neither ``config.json`` nor ``summary.csv``, or the
+            ``summary.csv`` is malformed.
+    """
     if (out / "config.json").is_file():
         rows = collect_rows(out)
         write_summary(out, rows)
         return rows, json.loads((out / "config.json").read_text())
     if (out / "summary.csv").is_file():
         rows = read_summary(out / "summary.csv")
-        first = rows[0] if rows else {}
-        return rows, {"dataset": first.get("dataset", "?"), "model": first.get("model", "?")}
+        first = rows[0] if rows else None
+        return rows, {
+            "dataset": first.dataset if first else "?",
+            "model": first.model if first else "?",
+        }
     raise InputError(
         f"{str(out)!r} is not a tkmia results folder (no config.json and no summary.csv)"
     )
@@ -31,7 +52,7 @@ def _load_rows(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 def render(
     out: Path,
-    rows: list[dict[str, Any]] | None = None,
+    rows: list[SummaryRow] | None = None,
     classes: list[str] | None = None,
     *,
     tol: float | None = None,
@@ -44,32 +65,29 @@ def render(
     selection rule picks, same columns as ``summary.csv``; they are in bold in the
     tables), ``figures/bars-<measure>.png`` (one grouped bar chart per measure, the
     selected configurations) and ``figures/examples-<setting>.png`` (example images).
-    ``tol`` and ``scope`` override the rule stored in ``out/selection.json``.
-    """
-    from tkmia.experiments.runner import write_summary
-    from tkmia.experiments.selection import has_grid, load_rule, rule_text, select_rows
-    from tkmia.reports.figures import example_figure, measure_bars
-    from tkmia.reports.tables import latex_tables, markdown_tables, setting_title
 
+    Args:
+        out: a results folder.
+        rows: its summary rows (default: see :func:`load_rows`).
+        classes: the label names for the example figures (default: ``config.json``'s;
+            none: no example figures).
+        tol, scope: override the selection rule stored in ``out/selection.json``.
+
+    Returns:
+        The Markdown tables (without the heading and introduction of ``summary.md``).
+
+    Raises:
+        InputError: see :func:`load_rows`; an invalid ``tol`` or ``scope``.
+    """
     if rows is None:
-        rows, config = _load_rows(out)
+        rows, config = load_rows(out)
     else:
         config = json.loads((out / "config.json").read_text())
-    classes = classes or config.get("classes")
     rule = load_rule(out)
     tol = rule["tol"] if tol is None else tol
     scope = rule["scope"] if scope is None else scope
-    grid = has_grid(rows)
     selected = select_rows(rows, rule["rule"], tol, scope)
-    intro = (
-        f"# tkmia results: {config['dataset']}, model {config['model']}\n\n"
-        "Drops (Δ) are clean minus adversarial, averaged over the attacked images; "
-        "ΔN is the mean number of specified labels removed from the top-k; APer is the "
-        "mean L2 norm of the perturbation (pixels in [0, 1]) over the successful images, "
-        "and so are L∞, PSNR (dB) and SSIM; success 8-bit is the success rate after the "
-        "adversarial images are quantised to 8 bits (saved as PNG and read back).\n\n"
-    )
-    if grid:
+    if has_grid(rows):
         stated = f"selected by rule: {rule_text(rule['rule'], tol, scope)}"
         write_summary(out, selected, name="selected.csv")
         text = (
@@ -86,57 +104,29 @@ def render(
             stale.unlink()
         text = markdown_tables(rows)
         tex = latex_tables(rows)
-    write_text_atomic(out / "summary.md", intro + text)
+    heading = f"# tkmia results: {config['dataset']}, model {config['model']}\n\n"
+    write_text_atomic(out / "summary.md", heading + INTRO + "\n\n" + text)
     write_text_atomic(out / "summary.tex", tex)
     measure_bars(selected, out / "figures")
+    classes = classes or config.get("classes")
     if classes:
-        from tkmia.experiments.settings import MethodConfig
-
-        by_setting: dict[str, list[str]] = {}
-        titles: dict[str, tuple[str, int]] = {}
-        for row in selected:
-            key = _setting_key(row)
-            method = MethodConfig.from_dict(row)
-            by_setting.setdefault(key, []).append(method.key)
-            titles.setdefault(key, (setting_title(row), int(row["k"])))
-        for key, methods in by_setting.items():
-            title, k = titles[key]
-            example_figure(
-                out / "examples" / key,
-                classes,
-                k,
-                out / "figures" / f"examples-{key}.png",
-                title=title,
-                methods=methods,
-            )
+        _example_figures(out, selected, classes)
     return text
 
 
-def _setting_key(row: dict[str, Any]) -> str:
-    from tkmia.experiments.settings import Setting
-
-    if row["scheme"] == "global":
-        return Setting("global", int(row["k"]), group=row["group"]).key
-    return Setting("random", int(row["k"]), n=int(row["n"]), threshold=int(row["threshold"])).key
-
-
-def report_command(args: argparse.Namespace) -> int:
-    out = args.dir
-    if not (out / "config.json").is_file() and not (out / "summary.csv").is_file():
-        raise InputError(
-            f"{str(out)!r} is not a tkmia results folder (no config.json and no summary.csv)"
+def _example_figures(out: Path, rows: list[SummaryRow], classes: list[str]) -> None:
+    """``figures/examples-<setting>.png`` for every setting of ``rows``, their methods."""
+    configs: dict[str, list[MethodConfig]] = {}
+    first: dict[str, SummaryRow] = {}
+    for row in rows:
+        configs.setdefault(row.setting_key, []).append(row.config)
+        first.setdefault(row.setting_key, row)
+    for key, methods in configs.items():
+        example_figure(
+            out / "examples" / key,
+            classes,
+            first[key].setting.k,
+            out / "figures" / f"examples-{key}.png",
+            methods,
+            title=first[key].setting_title,
         )
-    tol = getattr(args, "select_tol", None)
-    scope = getattr(args, "select_scope", None)
-    if tol is not None or scope is not None:
-        from tkmia.experiments.selection import check_rule, load_rule
-
-        rule = load_rule(out)
-        check_rule(
-            rule["rule"],
-            rule["tol"] if tol is None else tol,
-            rule["scope"] if scope is None else scope,
-        )
-    print(render(out, tol=tol, scope=scope))
-    print(f"results: {out}")
-    return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable
-from typing import Any
 
-from tkmia.experiments.settings import METHOD_TITLES
+from tkmia.experiments.summary import SummaryRow
+from tkmia.reports.labels import config_label
 
 #: (summary column, table header) in the paper's order, then our extra columns.
 TABLE_COLUMNS = [
@@ -35,58 +35,47 @@ LATEX_HEADERS = {
 }
 
 
-def setting_title(row: dict[str, Any]) -> str:
-    """A heading for the setting a summary row belongs to."""
-    k = row["k"]
-    if row["scheme"] == "global":
-        return f"{row['dataset']} · S1 global · group {row['group']} · k={k}"
-    return f"{row['dataset']} · S2 random · n={row['n']} · t={row['threshold']} · k={k}"
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _cell(column: str, value: Any) -> str:
+def _cell(column: str, value: float) -> str:
     if column in ("attacked", "skipped"):
-        return str(int(_number(value)))
-    number = _number(value)
-    if math.isnan(number):
+        return str(int(value))
+    if math.isnan(value):
         return "–"
-    return f"{number:.2f}" if column in ("mean_iterations", "psnr") else f"{number:.4f}"
+    return f"{value:.2f}" if column in ("mean_iterations", "psnr") else f"{value:.4f}"
 
 
-def _grouped(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
+def _grouped(rows: Iterable[SummaryRow]) -> dict[str, list[SummaryRow]]:
+    groups: dict[str, list[SummaryRow]] = {}
     for row in rows:
-        groups.setdefault(setting_title(row), []).append(row)
+        groups.setdefault(row.setting_title, []).append(row)
     return groups
 
 
-def _method_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    title = METHOD_TITLES.get(row["method"], row["method"])
-    same = [r for r in rows if r["method"] == row["method"]]
-    if len(same) > 1:  # a grid: say which hyper-parameters this row used
-        if row["method"] == "kfool":
-            return f"{title} (it={row['max_iter']})"
-        return f"{title} (lr={row['lr']}, λ={row['lam']}, it={row['max_iter']})"
-    return title
+def _method_label(row: SummaryRow, rows: list[SummaryRow]) -> str:
+    """The method's title; with its hyper-parameters when the setting has it more than once."""
+    same = [r for r in rows if r.method == row.method]
+    return config_label(row.config, detailed=len(same) > 1)
 
 
-def _marked(row: dict[str, Any], marked: Collection[int] | None) -> bool:
+def _marked(row: SummaryRow, marked: Collection[int] | None) -> bool:
     return marked is not None and id(row) in marked
 
 
-def markdown_tables(
-    rows: Iterable[dict[str, Any]], marked: Iterable[dict[str, Any]] | None = None
-) -> str:
+def _measures(row: SummaryRow) -> list[str]:
+    return [_cell(column, getattr(row, column)) for column, _ in TABLE_COLUMNS]
+
+
+def markdown_tables(rows: Iterable[SummaryRow], marked: Iterable[SummaryRow] | None = None) -> str:
     """One Markdown table per setting: methods as rows, the paper's measures as columns.
 
     Drops (Δ) are clean minus adversarial: smaller drops mean a less noticeable attack.
-    Rows that are in ``marked`` (the selected configurations) are set in bold.
+
+    Args:
+        rows: the summary rows, grouped by setting in the order of their first row.
+        marked: rows (the same objects) set in bold with a ✓ (the selected
+            configurations); None: no marks.
+
+    Returns:
+        The tables, separated by blank lines, ending with a newline.
     """
     ids = None if marked is None else {id(r) for r in marked}
     parts = []
@@ -95,7 +84,7 @@ def markdown_tables(
         rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
         lines = [f"### {title}", "", header, rule]
         for row in group:
-            cells = " | ".join(_cell(c, row.get(c)) for c, _ in TABLE_COLUMNS)
+            cells = " | ".join(_measures(row))
             label = _method_label(row, group)
             if _marked(row, ids):
                 label = f"**{label}** ✓"
@@ -104,11 +93,16 @@ def markdown_tables(
     return "\n\n".join(parts) + "\n"
 
 
-def latex_tables(
-    rows: Iterable[dict[str, Any]], marked: Iterable[dict[str, Any]] | None = None
-) -> str:
-    """The same tables in LaTeX with booktabs rules (``\\usepackage{booktabs}``);
-    rows in ``marked`` have their method name in bold."""
+def latex_tables(rows: Iterable[SummaryRow], marked: Iterable[SummaryRow] | None = None) -> str:
+    """The same tables in LaTeX with booktabs rules (``\\usepackage{booktabs}``).
+
+    Args:
+        rows: the summary rows, as for :func:`markdown_tables`.
+        marked: rows whose method name is set in bold.
+
+    Returns:
+        One ``table`` environment per setting.
+    """
     ids = None if marked is None else {id(r) for r in marked}
     parts = []
     for title, group in _grouped(rows).items():
@@ -123,7 +117,7 @@ def latex_tables(
             "\\midrule",
         ]
         for row in group:
-            cells = " & ".join(_cell(c, row.get(c)).replace("–", "--") for c, _ in TABLE_COLUMNS)
+            cells = " & ".join(cell.replace("–", "--") for cell in _measures(row))
             label = _latex_escape(_method_label(row, group))
             if _marked(row, ids):
                 label = f"\\textbf{{{label}}}"

@@ -1,0 +1,109 @@
+"""Scoring images with a model: the clean scores of the evaluation split, kept as they come."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tkmia.errors import BadImageError
+
+#: ``(mean, std)`` per channel, applied before the model; None: the model takes [0, 1] pixels
+Normalize = tuple[Sequence[float], Sequence[float]]
+
+
+def score(model: nn.Module, images: torch.Tensor, normalize: Normalize | None) -> torch.Tensor:
+    """The model's scores ``(B, c)`` of ``images`` ``(B, 3, H, W)`` in [0, 1], normalised
+    first when ``normalize`` is given."""
+    if normalize is not None:
+        mean = torch.as_tensor(normalize[0], dtype=images.dtype, device=images.device)
+        std = torch.as_tensor(normalize[1], dtype=images.dtype, device=images.device)
+        images = (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return model(images)
+
+
+class CleanScores:
+    """Scores the evaluation split in dataset order, on demand, and keeps them.
+
+    ``upto(n)`` makes sure the first ``n`` images are scored; ``scores`` and ``labels``
+    then hold ``(n_scored, c)`` tensors on the CPU. With ``skip_bad=True`` an image that
+    cannot be read (:class:`~tkmia.errors.BadImageError`) is marked in ``bad``
+    ``(n_scored,)`` (its scores are zeros and it is never eligible); otherwise the error
+    stops the run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        batch_size: int,
+        device: str,
+        normalize: Normalize | None = None,
+        skip_bad: bool = False,
+    ) -> None:
+        self.model, self.dataset, self.batch_size, self.device = model, dataset, batch_size, device
+        self.normalize, self.skip_bad = normalize, skip_bad
+        self.scores = torch.empty(0)
+        self.labels = torch.empty(0)
+        self.bad = torch.zeros(0, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def n_scored(self) -> int:
+        """How many images (from the first) are scored."""
+        return self.scores.shape[0]
+
+    def _item(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            return self.dataset[i]
+        except BadImageError as err:
+            if self.skip_bad:
+                return None
+            raise BadImageError(
+                f"{err} (or pass --skip-bad-images to skip unreadable images; they are "
+                "counted as skipped)"
+            ) from None
+
+    @torch.no_grad()
+    def upto(self, n: int) -> None:
+        """Score the images up to ``n`` (at most the whole split) that are not yet scored.
+
+        Raises:
+            BadImageError: an image cannot be read and ``skip_bad`` is off.
+        """
+        n = min(n, len(self.dataset))
+        chunks, labels, bads = [self.scores], [self.labels], [self.bad]
+        for start in range(self.n_scored, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            scores, labs, bad = self._score_range(start, stop)
+            chunks.append(scores)
+            labels.append(labs)
+            bads.append(bad)
+        if len(chunks) > 1:
+            self.scores = torch.cat([c for c in chunks if c.numel()])
+            self.labels = torch.cat([lb for lb in labels if lb.numel()])
+            self.bad = torch.cat(bads)
+
+    def _score_range(
+        self, start: int, stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(scores (m, c), labels (m, c), bad (m,))`` of images ``start .. stop - 1``."""
+        items = [self._item(i) for i in range(start, stop)]
+        good = [it for it in items if it is not None]
+        bad = torch.tensor([it is None for it in items], dtype=torch.bool)
+        if good:
+            images = torch.stack([im for im, _ in good]).to(self.device)
+            good_scores = score(self.model, images, self.normalize).float().cpu()
+            c = good_scores.shape[1]
+            good_labels = torch.stack([lab for _, lab in good]).float()
+        else:
+            c = self.labels.shape[1] if self.labels.numel() else len(self.dataset.classes)
+            good_scores = good_labels = torch.zeros(0, c)
+        scores = torch.zeros(len(items), c)
+        labels = torch.zeros(len(items), c)
+        scores[~bad], labels[~bad] = good_scores, good_labels
+        return scores, labels, bad
