@@ -199,6 +199,18 @@ def _open(plan: RunPlan, device: str) -> tuple[Any, Any, list[Setting], str]:
     return model, dataset, build_settings(opts, name, classes), split
 
 
+def _announce(plan: RunPlan, config: Any, dataset: Any, dist: Any) -> None:
+    """Print what the run covers (on the main process)."""
+    if dist.is_main:
+        ranks = f", {dist.world_size} processes" if dist.active else ""
+        print(
+            f"tkmia run: {plan.dataset} ({config.extra['split']}, {len(dataset)} images), "
+            f"model {plan.model_name}, {len(config.settings)} settings x {len(plan.methods)} "
+            f"methods, up to {plan.samples} images each{ranks}",
+            flush=True,
+        )
+
+
 def command(args: argparse.Namespace) -> int:
     """Run `tkmia run`: attack, write the records, tables and figures.
 
@@ -220,7 +232,7 @@ def command(args: argparse.Namespace) -> int:
     from tkmia.reports.render import render
 
     plan = plan_run(resolve_options(args))
-    opts, seed = plan.opts, plan.opts["seed"]
+    opts, out = plan.opts, plan.out
     dist, device = init_from_env(opts["device"])  # torchrun: join the process group
     model, dataset, settings, split = _open(plan, device)
     classes = list(dataset.classes)
@@ -230,38 +242,23 @@ def command(args: argparse.Namespace) -> int:
         settings=settings,
         methods=plan.methods,
         samples=plan.samples,
-        seed=seed,
+        seed=opts["seed"],
         batch_size=plan.batch_size,
         chunk_size=plan.chunk_size,
         examples=opts["examples"],
         extra={"split": split, "classes": classes},
     )
-    torch.manual_seed(seed)
-    if dist.is_main:
-        ranks = f", {dist.world_size} processes" if dist.active else ""
-        print(
-            f"tkmia run: {plan.dataset} ({split}, {len(dataset)} images), model "
-            f"{plan.model_name}, {len(settings)} settings x {len(plan.methods)} methods, up to "
-            f"{plan.samples} images each{ranks}",
-            flush=True,
-        )
+    torch.manual_seed(opts["seed"])
+    _announce(plan, config, dataset, dist)
     try:
-        rows = run(
-            config,
-            model,
-            dataset,
-            plan.out,
-            device=device,
-            progress=opts["progress"],
-            skip_bad_images=bool(opts["skip_bad_images"]),
-            dist=dist,
-        )
+        flags = {"progress": opts["progress"], "skip_bad_images": opts["skip_bad_images"]}
+        rows = run(config, model, dataset, out, device=device, dist=dist, **flags)
         if dist.is_main:
-            save_rule(plan.out, "success", opts["select_tol"], opts["select_scope"])
-            print(render(plan.out, rows=rows, classes=classes))
+            save_rule(out, "success", opts["select_tol"], opts["select_scope"])
+            print(render(out, rows=rows, classes=classes))
             # every rank is past run()'s last barrier: none can still be writing here
-            remove_stale_temporaries(plan.out)
-            print(f"results: {plan.out}")
+            remove_stale_temporaries(out)
+            print(f"results: {out}")
     finally:
         shutdown(dist)
     return 0

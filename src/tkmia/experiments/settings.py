@@ -48,6 +48,7 @@ class Setting:
 
     @property
     def title(self) -> str:
+        """What tables and figures call the setting."""
         if self.scheme == "global":
             return f"S1 global, group {self.group}, k={self.k}"
         return f"S2 random, n={self.n}, t={self.effective_threshold}, k={self.k}"
