@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import tkmia.cli.run
 import tkmia.data.digits
-import tkmia.experiments.cli_run
 import tkmia.experiments.runner
 import tkmia.training
 from tkmia.cli import main
@@ -309,7 +309,7 @@ def test_keyboard_interrupt_exits_130_with_one_line(monkeypatch, capsys) -> None
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tkmia.experiments.cli_run, "run_command", interrupted)
+    monkeypatch.setattr(tkmia.cli.run, "command", interrupted)
     assert main(["run"]) == 130
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("tkmia: interrupted")

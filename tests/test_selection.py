@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from tkmia.cli.options import load_config
+from tkmia.cli.run import build_methods
 from tkmia.errors import InputError
-from tkmia.experiments.cli_run import _load_config, build_methods
 from tkmia.experiments.methods import method_spec
 from tkmia.experiments.selection import (
     has_grid,
@@ -145,10 +146,10 @@ def test_rule_is_stated_stored_and_validated(tmp_path) -> None:
 
 
 def test_list_flags_and_a_toml_config_give_the_same_grid(tmp_path) -> None:
-    from tkmia.cli import _build_parser
-    from tkmia.experiments.cli_run import resolve_options
+    from tkmia.cli import build_parser
+    from tkmia.cli.options import resolve_options
 
-    flags = _build_parser().parse_args(
+    flags = build_parser().parse_args(
         ["run", "--methods", "tkmia,kfool", "--lr", "1e-3,5e-4", "--lam", "1e-3,5e-5",
          "--max-iter", "100,300", "--k", "2,3", "--select-tol", "0.02",
          "--select-scope", "all"]
@@ -159,7 +160,7 @@ def test_list_flags_and_a_toml_config_give_the_same_grid(tmp_path) -> None:
         'max-iter = [100, 300]\nk = [2, 3]\nselect_tol = 0.02\nselect-scope = "all"\n'
         "skip_bad_images = true\n"
     )
-    from_file = _build_parser().parse_args(["run", "--config", str(toml)])
+    from_file = build_parser().parse_args(["run", "--config", str(toml)])
     a, b = resolve_options(flags), resolve_options(from_file)
     keys = {m.key for m in build_methods(a)}
     assert keys == {m.key for m in build_methods(b)}
@@ -167,11 +168,11 @@ def test_list_flags_and_a_toml_config_give_the_same_grid(tmp_path) -> None:
     for key in ("k", "select_tol", "select_scope"):
         assert a[key] == b[key]
     assert b["skip_bad_images"] is True and "skip_bad_images" not in a
-    assert _load_config(toml)["lr"] == [1e-3, 5e-4]
+    assert load_config(toml)["lr"] == [1e-3, 5e-4]
     bad = tmp_path / "bad.toml"
     bad.write_text('select_tol = "high"\n')
     with pytest.raises(InputError, match="select_tol"):
-        _load_config(bad)
+        load_config(bad)
 
 
 def test_a_grid_run_states_its_rule_and_writes_selected_csv(tmp_path, capsys) -> None:

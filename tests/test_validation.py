@@ -182,6 +182,15 @@ def test_check_scheme_accepts_the_edges() -> None:
     check_scheme("random", 3, 20, 1, None)
 
 
+def test_check_scheme_without_the_class_count_leaves_k_below_c_for_later() -> None:
+    check_scheme("global", 1000, None, None, None)
+    check_scheme("random", 3, None, 3, 2)
+    with pytest.raises(ValueError, match="k must be an integer with 1 <= k, got 0"):
+        check_scheme("global", 0, None, None, None)
+    with pytest.raises(ValueError, match="1 <= n <= k = 3, got 4"):
+        check_scheme("random", 3, None, 4, None)
+
+
 # ------------------------------------------------------------------ data
 @pytest.mark.parametrize(
     ("kwargs", "match"),

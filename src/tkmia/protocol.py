@@ -20,13 +20,14 @@ __all__ = ["check_scheme", "select_global", "select_random", "success_threshold"
 SCHEMES = ("global", "random")
 
 
-def check_scheme(scheme: str, k: int, c: int, n: int | None, threshold: int | None) -> None:
+def check_scheme(scheme: str, k: int, c: int | None, n: int | None, threshold: int | None) -> None:
     """Validate a setting before any work starts.
 
     Args:
         scheme: ``"global"`` (S1) or ``"random"`` (S2).
         k: the top-k size, ``1 <= k < c``.
-        c: the number of classes.
+        c: the number of classes, or None while it is not known yet (then ``k < c`` is
+            left for a second call).
         n: S2's labels drawn per image, ``1 <= n <= k`` (ignored by S1).
         threshold: S2's success threshold ``t``, ``1 <= t <= n`` or None (for n); S1
             takes none.
@@ -36,8 +37,9 @@ def check_scheme(scheme: str, k: int, c: int, n: int | None, threshold: int | No
     """
     if scheme not in SCHEMES:
         raise InputError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < c:
-        raise InputError(f"k must be an integer with 1 <= k < c = {c}, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (c is not None and k >= c):
+        bound = "1 <= k" if c is None else f"1 <= k < c = {c}"
+        raise InputError(f"k must be an integer with {bound}, got {k!r}")
     if scheme == "random":
         if n is None or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= k:
             raise InputError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,6 +30,18 @@ from tkmia.errors import BadImageError, InputError, MissingFileError
 LAYOUT_HINT = "see README 'Datasets'"
 
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
+
+
+class LabelledDataset(Protocol):
+    """What tkmia reads from a dataset: ``len``, ``ds[i] -> (image (C, H, W) in [0, 1],
+    labels (c,) 0/1)`` and the ``c`` class names."""
+
+    @property
+    def classes(self) -> Sequence[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class NoLabelWarning(UserWarning):

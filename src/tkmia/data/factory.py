@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
+from tkmia.data.common import LabelledDataset
 from tkmia.errors import InputError
 
 DATASETS = ("digits", "voc2012", "coco2014", "nuswide", "folder")
@@ -22,7 +21,7 @@ def open_dataset(
     image_size: int | None = None,
     csv: str | Path | None = None,
     seed: int = 0,
-) -> Dataset:
+) -> LabelledDataset:
     """The dataset ``name`` (one of :data:`DATASETS`) for ``split``.
 
     ``root`` is required for every dataset but the built-in ``digits``; ``csv`` is the

@@ -8,7 +8,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
+
+from tkmia.data.common import LabelledDataset
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ChunkReader:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: LabelledDataset,
         indices: Sequence[int],
         specified: torch.Tensor,
         chunks: Sequence[Sequence[int]],

@@ -18,7 +18,8 @@ to the loss's), so λ stays at 1e-3.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -28,25 +29,59 @@ from tkmia.errors import InputError
 __all__ = ["HYPERPARAMETERS", "REGISTRY", "MethodSpec", "method_spec"]
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class HyperParameter:
-    """A hyper-parameter a run may vary: its name (the attack's keyword argument), the
-    short name used in configuration keys and file names, its type and what it means."""
+    """A hyper-parameter a run may vary.
+
+    Attributes:
+        name: the attack's keyword argument, the key of ``--config`` files and (with ``-``
+            for ``_``) the ``tkmia run`` flag.
+        short: the name used in configuration keys and file names.
+        kind: ``float`` or ``int``.
+        help: what it means, for ``tkmia run --help``.
+        expected: the values it accepts, in words (completes "must be ...").
+        valid: whether a value is one of them.
+    """
 
     name: str
     short: str
     kind: type
     help: str
+    expected: str
+    valid: Callable[[object], bool]
 
 
 #: every hyper-parameter any method has, in the order of configuration keys
 HYPERPARAMETERS: Mapping[str, HyperParameter] = MappingProxyType(
     {
-        "lr": HyperParameter("lr", "lr", float, "SGD learning rate in tanh space (> 0)"),
-        "lam": HyperParameter(
-            "lam", "lam", float, "weight λ of the perturbation penalty (>= 0; 0: none)"
+        "lr": HyperParameter(
+            "lr",
+            "lr",
+            float,
+            "SGD learning rate in tanh space",
+            "a finite number > 0",
+            lambda v: _finite(v) and v > 0,  # type: ignore[operator]
         ),
-        "max_iter": HyperParameter("max_iter", "it", int, "at most this many steps (>= 1)"),
+        "lam": HyperParameter(
+            "lam",
+            "lam",
+            float,
+            "weight λ of the perturbation penalty",
+            "a finite number >= 0 (0 turns the penalty off)",
+            lambda v: _finite(v) and v >= 0,  # type: ignore[operator]
+        ),
+        "max_iter": HyperParameter(
+            "max_iter",
+            "it",
+            int,
+            "at most this many steps per image",
+            "a positive integer",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        ),
     }
 )
 
@@ -66,7 +101,7 @@ class MethodSpec:
 
     name: str
     title: str
-    cls: type[Attack]
+    cls: Callable[..., Attack]
     defaults: Mapping[str, float | int]
     loss_based: bool
 

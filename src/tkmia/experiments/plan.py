@@ -38,8 +38,10 @@ def first_eligible(
         stop = cache.n_scored
         labels, scores = cache.labels[start:stop], cache.scores[start:stop]
         if setting.scheme == "global":
+            assert setting.group_indices is not None  # Setting's invariant for S1
             spec, ok = select_global(labels, scores, setting.group_indices, setting.k)
         else:
+            assert setting.n is not None  # Setting's invariant for S2
             spec, ok = select_random(labels, scores, setting.n, setting.k, seed, range(start, stop))
         ok = ok & ~cache.bad[start:stop]
         for row in torch.nonzero(ok).flatten().tolist():

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
+from tkmia.data.common import LabelledDataset
 from tkmia.errors import InputError
 from tkmia.experiments.distributed import DistInfo
 from tkmia.experiments.plan import SettingPlan, chunks
@@ -107,7 +106,7 @@ def drop_incomplete_chunks(
             drop_records(path, drop)
 
 
-def report_bad_images(plans: Sequence[SettingPlan], dataset: Dataset) -> None:
+def report_bad_images(plans: Sequence[SettingPlan], dataset: LabelledDataset) -> None:
     """Say on stderr which unreadable images the selection skipped (nothing if none)."""
     bad = sorted({i for plan in plans for i in plan.bad})
     if not bad:

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from tkmia.attacks import AttackResult
+from tkmia.data.common import LabelledDataset
 from tkmia.experiments.chunk_reader import Chunk, ChunkReader
 from tkmia.experiments.distributed import DistInfo
 from tkmia.experiments.plan import SettingPlan, chunks, plan_setting
@@ -131,7 +131,7 @@ class _Run:
 
     config: RunConfig
     model: nn.Module
-    dataset: Dataset
+    dataset: LabelledDataset
     out: Path
     device: str
     normalize: Normalize | None
@@ -206,7 +206,7 @@ class _Run:
 def run(
     config: RunConfig,
     model: nn.Module,
-    dataset: Dataset,
+    dataset: LabelledDataset,
     out: Path,
     *,
     device: str = "cpu",

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from tkmia.data.common import LabelledDataset
 from tkmia.errors import BadImageError
 
 #: ``(mean, std)`` per channel, applied before the model; None: the model takes [0, 1] pixels
@@ -37,7 +37,7 @@ class CleanScores:
     def __init__(
         self,
         model: nn.Module,
-        dataset: Dataset,
+        dataset: LabelledDataset,
         batch_size: int,
         device: str,
         normalize: Normalize | None = None,

@@ -1,7 +1,9 @@
-"""What one run attacks: settings (scheme, k, group or n, threshold) and method configs."""
+"""What one run attacks: settings (scheme, k, group or n, threshold) and method configs,
+and the grids of both that a run covers."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +11,10 @@ from typing import Any
 from torch import nn
 
 from tkmia.attacks import Attack
+from tkmia.data.groups import resolve_group
 from tkmia.errors import InputError
 from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY, MethodSpec, method_spec
+from tkmia.protocol import check_scheme
 
 METHODS = tuple(REGISTRY)
 METHOD_TITLES = {name: spec.title for name, spec in REGISTRY.items()}
@@ -44,6 +48,7 @@ class Setting:
 
     @property
     def title(self) -> str:
+        """What tables and figures call the setting."""
         if self.scheme == "global":
             return f"S1 global, group {self.group}, k={self.k}"
         return f"S2 random, n={self.n}, t={self.effective_threshold}, k={self.k}"
@@ -127,3 +132,103 @@ class MethodConfig:
         """``{"method": ..., <every hyper-parameter of the registry>: value or None}``."""
         params = self.params
         return {"method": self.method} | {name: params.get(name) for name in HYPERPARAMETERS}
+
+
+def method_grid(
+    methods: Sequence[str], values: Mapping[str, Sequence[float | int] | None]
+) -> list[MethodConfig]:
+    """Every configuration of the grid: each method × the product of the values of the
+    hyper-parameters *it takes* (in configuration-key order).
+
+    Args:
+        methods: registry names, in the order to run them (repeats are dropped).
+        values: ``{hyper-parameter: values}``; a missing, ``None`` or empty entry means the
+            method's default. Values of a hyper-parameter a method does not take are ignored
+            for that method (``lr`` for kFool).
+
+    Returns:
+        The configurations, method by method, each method's in ``itertools.product`` order.
+
+    Raises:
+        InputError: a method is not in the registry.
+    """
+    configs = []
+    for method in dict.fromkeys(methods):
+        spec = method_spec(method)
+        names = list(spec.defaults)
+        axes = [values.get(name) or [spec.defaults[name]] for name in names]
+        for combination in itertools.product(*axes):
+            configs.append(MethodConfig(method, **dict(zip(names, combination, strict=True))))
+    return configs
+
+
+def check_setting_grid(
+    schemes: Sequence[str],
+    ks: Sequence[int],
+    ns: Sequence[int],
+    thresholds: Sequence[int | None],
+) -> None:
+    """Check what the settings grid can check before the number of classes is known.
+
+    Args:
+        schemes: ``["global"]``, ``["random"]`` or both.
+        ks, ns, thresholds: the grid's values (``[None]``: the default threshold, ``t = n``).
+
+    Raises:
+        InputError: a scheme is unknown, k < 1, n is not in [1, k], a threshold is not in
+            [1, n], or a threshold is given for the global scheme alone.
+    """
+    for k, scheme in itertools.product(ks, schemes):
+        if scheme == "global":
+            # with both schemes the thresholds are for S2; with S1 alone, one is a mistake
+            for t in thresholds if list(schemes) == ["global"] else [None]:
+                check_scheme("global", k, None, None, t)
+        else:
+            for n, t in itertools.product(ns, thresholds):
+                check_scheme(scheme, k, None, n, t)
+
+
+def setting_grid(
+    schemes: Sequence[str],
+    ks: Sequence[int],
+    groups: Sequence[str],
+    ns: Sequence[int],
+    thresholds: Sequence[int | None],
+    dataset: str,
+    classes: Sequence[str],
+) -> list[Setting]:
+    """Every setting of the grid, validated against the dataset's classes.
+
+    Args:
+        schemes: ``["global"]``, ``["random"]`` or both.
+        ks: the k values; for each, its S1 settings come before its S2 settings.
+        groups: S1 label groups: built-in group names or label names joined by ``+``.
+        ns, thresholds: the S2 values (``[None]``: the default threshold, ``t = n``).
+        dataset: the dataset's name (for its built-in groups and the messages).
+        classes: the dataset's label names, ``c = len(classes)``.
+
+    Returns:
+        The settings in run order: k, then scheme, then group or (n, threshold).
+
+    Raises:
+        InputError: k is not in [1, c), n or a threshold is out of range, a group names an
+            unknown label, or S1 is asked for without groups.
+    """
+    c = len(classes)
+    settings = []
+    for k in ks:
+        if "global" in schemes:
+            check_scheme("global", k, c, None, None)
+            if not groups:
+                raise InputError(
+                    f"dataset {dataset!r} has no built-in label groups; pass --groups "
+                    "with label names joined by '+'"
+                )
+            for spec in groups:
+                name, idx = resolve_group(spec, list(classes), dataset)
+                settings.append(Setting("global", k, group=name, group_indices=tuple(idx)))
+        if "random" in schemes:
+            for n, t in itertools.product(ns, thresholds):
+                check_scheme("random", k, c, n, t)
+                settings.append(Setting("random", k, n=n, threshold=t))
+    return settings

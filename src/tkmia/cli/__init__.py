@@ -1,0 +1,71 @@
+"""The `tkmia` command line: `tkmia run`, `tkmia train`, `tkmia report`.
+
+One module per command (:mod:`tkmia.cli.run`, :mod:`tkmia.cli.train`,
+:mod:`tkmia.cli.report`), each with ``add_parser(sub)`` and ``command(args) -> int``.
+User mistakes become one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import NoReturn
+
+from tkmia.errors import InputError
+
+__all__ = ["EXIT_USAGE", "build_parser", "main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+#: the subcommands, in the order of `tkmia --help`
+COMMANDS = ("run", "train", "report")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other mistake
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _module(command: str) -> ModuleType:
+    return importlib.import_module(f"tkmia.cli.{command}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `tkmia` parser with its subcommands; parse errors raise :class:`InputError`."""
+    parser = _Parser(prog="tkmia", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for command in COMMANDS:
+        _module(command).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tkmia` command.
+
+    Args:
+        argv: the arguments after ``tkmia`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: the command's, 2 for a user mistake (one ``tkmia: error: ...`` line
+        on stderr), 130 when interrupted.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command in ("run", "train"):
+            from tkmia.runtime import retain_freed_memory
+
+            retain_freed_memory()  # no page faults on every iteration's tensors
+        return _module(args.command).command(args)
+    except InputError as err:
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"tkmia: error: {message}", file=sys.stderr)  # always exactly one line
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "tkmia: interrupted; finished work is saved, rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED

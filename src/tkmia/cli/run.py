@@ -1,0 +1,264 @@
+"""`tkmia run`: resolve flags and config, validate everything, then run the protocol.
+
+Every check that needs no data runs before any image is generated or read and before
+anything is written (:func:`plan_run`); the checks that need the dataset's classes follow
+as soon as they are known.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.options import add_options, check_values, complete, resolve_options
+from tkmia.errors import InputError, MissingFileError
+from tkmia.experiments.builtin import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_GROUPS,
+    DEFAULT_SAMPLES,
+    FALLBACK_BATCH_SIZE,
+    FALLBACK_SAMPLES,
+)
+from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY
+from tkmia.experiments.settings import (
+    MethodConfig,
+    Setting,
+    check_setting_grid,
+    method_grid,
+    setting_grid,
+)
+
+
+def add_parser(sub: Any) -> None:
+    """Add the `run` subcommand (its flags from :data:`~tkmia.cli.options.RUN_OPTIONS`).
+
+    Args:
+        sub: the ``add_subparsers()`` object of the `tkmia` parser.
+    """
+    parser = sub.add_parser(
+        "run",
+        help="attack a model with the paper's protocol and write tables and figures",
+        description="With no arguments: the built-in benchmark (digits dataset, built-in "
+        "model, all four attacks, S1 and S2, k in {2, 3}).",
+    )
+    add_options(parser)
+
+
+def _schemes(scheme: str) -> list[str]:
+    return ["global", "random"] if scheme == "both" else [scheme]
+
+
+def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
+    """The method configurations of the run: each method × the grid of its hyper-parameters.
+
+    Args:
+        opts: the resolved options (``methods``: registry names, default all; ``lr``,
+            ``lam``, ``max_iter``: lists, default each method's own).
+
+    Returns:
+        The configurations in run order (see :func:`~tkmia.experiments.settings.method_grid`).
+
+    Raises:
+        InputError: an unknown method.
+    """
+    methods = opts.get("methods") or list(REGISTRY)
+    return method_grid(methods, {name: opts.get(name) for name in HYPERPARAMETERS})
+
+
+def check_grid(opts: dict[str, Any]) -> None:
+    """The checks of the settings grid that need no dataset: k >= 1, n in [1, k], a
+    threshold in [1, n] and only with S2.
+
+    Raises:
+        InputError: the first bad value.
+    """
+    opts = complete(opts)
+    thresholds = opts.get("threshold") or [None]
+    check_setting_grid(_schemes(opts["scheme"]), opts["k"], opts["n"], thresholds)
+
+
+def build_settings(opts: dict[str, Any], dataset: str, classes: list[str]) -> list[Setting]:
+    """Every (scheme, k, group or n, threshold) the run covers, validated against the classes.
+
+    Args:
+        opts: the resolved options.
+        dataset: the dataset's name (its built-in label groups are the default ``groups``).
+        classes: its label names.
+
+    Returns:
+        The settings in run order.
+
+    Raises:
+        InputError: k >= c, an unknown label or group, or no groups for S1.
+    """
+    from tkmia.data.groups import GROUPS
+
+    opts = complete(opts)
+    groups = opts.get("groups") or DEFAULT_GROUPS.get(dataset) or list(GROUPS.get(dataset, {}))
+    thresholds = opts.get("threshold") or [None]
+    return setting_grid(
+        _schemes(opts["scheme"]), opts["k"], groups, opts["n"], thresholds, dataset, classes
+    )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run does, checked before any data is read."""
+
+    opts: dict[str, Any]
+    dataset: str
+    methods: list[MethodConfig]
+    samples: int
+    batch_size: int
+    chunk_size: int | None
+    model_path: Path | None
+    model_name: str
+    out: Path
+
+
+def plan_run(opts: dict[str, Any]) -> RunPlan:
+    """Check every option that needs no data, and fill in the defaults.
+
+    Args:
+        opts: as :func:`~tkmia.cli.options.resolve_options` returns them.
+
+    Returns:
+        The plan; ``plan.opts`` holds every option with a default.
+
+    Raises:
+        InputError, MissingFileError: the first mistake found.
+    """
+    from tkmia.data.factory import DATASETS
+    from tkmia.experiments.selection import check_rule
+
+    opts = complete(opts)
+    check_values(opts)
+    dataset = opts["dataset"]
+    if dataset not in DATASETS:
+        raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
+    methods = build_methods(opts)
+    check_grid(opts)
+    check_rule("success", opts["select_tol"], opts["select_scope"])
+    check_device(opts["device"])
+    model_path = opts.get("model")
+    if model_path is None and dataset != "digits":
+        raise InputError(f"dataset {dataset!r} needs --model, a trained checkpoint")
+    if model_path is not None and not Path(model_path).is_file():
+        raise MissingFileError(f"model file {str(model_path)!r} not found")
+    model_name = "builtin" if model_path is None else Path(model_path).stem
+    out = Path(opts.get("out") or Path("results") / f"{dataset}-{model_name}")
+    check_writable(out)
+    return RunPlan(
+        opts=opts,
+        dataset=dataset,
+        methods=methods,
+        samples=opts.get("samples", DEFAULT_SAMPLES.get(dataset, FALLBACK_SAMPLES)),
+        batch_size=opts.get("batch_size", DEFAULT_BATCH_SIZE.get(dataset, FALLBACK_BATCH_SIZE)),
+        chunk_size=opts.get("chunk_size"),  # None: RunConfig's default (four batches)
+        model_path=None if model_path is None else Path(model_path),
+        model_name=model_name,
+        out=out,
+    )
+
+
+def _check_classes(model_path: Path, trained: list[str], classes: list[str], dataset: str) -> None:
+    if list(trained) != list(classes):
+        raise InputError(
+            f"checkpoint {str(model_path)!r} was trained on {len(trained)} other classes than "
+            f"the {len(classes)} of {dataset!r} ({trained[:3]}... vs {classes[:3]}...)"
+        )
+
+
+def _open(plan: RunPlan, device: str) -> tuple[Any, Any, list[Setting], str]:
+    """The model, the dataset, the settings and the split; classes checked on the way."""
+    from tkmia.data.digits import CLASSES as DIGITS_CLASSES
+    from tkmia.data.factory import EVAL_SPLIT, open_dataset
+    from tkmia.models import builtin_model, load_model
+
+    opts, name, path = plan.opts, plan.dataset, plan.model_path
+    # the built-in dataset's classes are known without generating its images
+    known = list(DIGITS_CLASSES) if name == "digits" else None
+    if known is not None:
+        build_settings(opts, name, known)
+    if path is None:
+        model = builtin_model(device)
+    else:
+        model, meta = load_model(path, device, num_classes=None if known is None else len(known))
+        if known is not None:
+            _check_classes(path, meta["classes"], known, name)
+    split = opts.get("split") or EVAL_SPLIT.get(name, "val")
+    dataset = open_dataset(
+        name, split, opts.get("root"), opts.get("image_size"), opts.get("csv"), seed=0
+    )
+    classes = list(dataset.classes)
+    if path is not None:
+        _check_classes(path, meta["classes"], classes, name)
+    return model, dataset, build_settings(opts, name, classes), split
+
+
+def _announce(plan: RunPlan, config: Any, dataset: Any, dist: Any) -> None:
+    """Print what the run covers (on the main process)."""
+    if dist.is_main:
+        ranks = f", {dist.world_size} processes" if dist.active else ""
+        print(
+            f"tkmia run: {plan.dataset} ({config.extra['split']}, {len(dataset)} images), "
+            f"model {plan.model_name}, {len(config.settings)} settings x {len(plan.methods)} "
+            f"methods, up to {plan.samples} images each{ranks}",
+            flush=True,
+        )
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run `tkmia run`: attack, write the records, tables and figures.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code, 0.
+
+    Raises:
+        InputError, MissingFileError: a user mistake (before anything is written).
+    """
+    import torch
+
+    from tkmia.experiments.distributed import init_from_env, shutdown
+    from tkmia.experiments.runner import RunConfig, run
+    from tkmia.experiments.selection import save_rule
+    from tkmia.files import remove_stale_temporaries
+    from tkmia.reports.render import render
+
+    plan = plan_run(resolve_options(args))
+    opts, out = plan.opts, plan.out
+    dist, device = init_from_env(opts["device"])  # torchrun: join the process group
+    model, dataset, settings, split = _open(plan, device)
+    classes = list(dataset.classes)
+    config = RunConfig(
+        dataset=plan.dataset,
+        model=plan.model_name,
+        settings=settings,
+        methods=plan.methods,
+        samples=plan.samples,
+        seed=opts["seed"],
+        batch_size=plan.batch_size,
+        chunk_size=plan.chunk_size,
+        examples=opts["examples"],
+        extra={"split": split, "classes": classes},
+    )
+    torch.manual_seed(opts["seed"])
+    _announce(plan, config, dataset, dist)
+    try:
+        flags = {"progress": opts["progress"], "skip_bad_images": opts["skip_bad_images"]}
+        rows = run(config, model, dataset, out, device=device, dist=dist, **flags)
+        if dist.is_main:
+            save_rule(out, "success", opts["select_tol"], opts["select_scope"])
+            print(render(out, rows=rows, classes=classes))
+            # every rank is past run()'s last barrier: none can still be writing here
+            remove_stale_temporaries(out)
+            print(f"results: {out}")
+    finally:
+        shutdown(dist)
+    return 0
