@@ -39,3 +39,26 @@ def test_readme_custom_attack_runs_through_the_engine() -> None:
     assert res.success.shape[0] > 16  # more images than the working set: refilled slots
     # every image stopped at its own first success (early exit), not at max_iter
     assert int(res.iterations.min()) < int(res.iterations.max()) < 300
+
+
+def test_readme_code_layout_lists_every_module() -> None:
+    """The module map under "Code layout" names exactly the modules of ``src/tkmia``."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Code layout") :]
+    block = re.findall(r"```\n(.*?)```", section, flags=re.S)[0]
+    listed: set[str] = set()
+    folder = ""
+    for line in block.splitlines()[1:]:
+        head = re.match(r"  (\w+)/\s", line)
+        if head:
+            folder = head.group(1) + "/"
+        elif not line.startswith("    "):
+            folder = ""
+        listed |= {folder + name for name in re.findall(r"\b(\w+\.py)\b", line)}
+    package = README.parent / "src" / "tkmia"
+    actual = {
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py") or p.parent.name == "cli"
+    }
+    assert listed == actual

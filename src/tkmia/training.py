@@ -163,21 +163,7 @@ def train_model(
     out.mkdir(parents=True, exist_ok=True)
     model.to(device)
     optimizer = _make_optimizer(model, config)
-    state_path = out / "train_state.pt"
-    start_epoch, best_map, history = 0, -1.0, []
-    if state_path.is_file() and (out / "last.safetensors").is_file():
-        state = _read_train_state(state_path)
-        if state.get("config") != asdict(config) or state.get("classes") != list(meta["classes"]):
-            raise InputError(
-                f"{str(out)!r} holds a training run with other settings; use another --out "
-                "or delete that folder"
-            )
-        model.load_state_dict(load_state(out / "last.safetensors"))
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_map = int(state["epoch"]) + 1, float(state["best_map"])
-        history = json.loads(state["history"])
-        log(f"resuming {out} after epoch {start_epoch} (best test mAP so far {best_map:.4f})")
-
+    start_epoch, best_map, history = _resume(out, model, optimizer, config, meta, log)
     n_train = len(cast(Sized, train_set))
     # a last batch of one image breaks batch norm on 1x1 feature maps: skip it
     drop_last = n_train % config.batch_size == 1 and n_train > 1
@@ -186,8 +172,6 @@ def train_model(
         if drop_last
         else math.ceil(n_train / config.batch_size)
     )
-    total_steps = steps_per_epoch * config.epochs
-    loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, config.epochs):
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         loader = DataLoader(
@@ -198,58 +182,116 @@ def train_model(
             num_workers=config.num_workers,
             drop_last=drop_last,
         )
-        model.train()
-        started, running, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
-        )
-        for i, (images, labels) in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total_steps, config.lr)
-            images, labels = images.to(device), labels.to(device).float()
-            if config.hflip:
-                flip = torch.rand(images.shape[0], generator=generator) < 0.5
-                images[flip.to(device)] = images[flip.to(device)].flip(-1)
-            loss = loss_fn(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += float(loss.detach()) * images.shape[0]
-            seen += images.shape[0]
-            bar.set_postfix(loss=f"{running / seen:.4f}")
+        started = time.perf_counter()
+        loss = _train_epoch(
+            model, optimizer, loader, generator, config, device, progress,
+            epoch=epoch, first_step=epoch * steps_per_epoch,
+            total_steps=steps_per_epoch * config.epochs,
+        )  # fmt: skip
         test_map = evaluate_map(model, test_set, device=device, num_workers=config.num_workers)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": running / max(seen, 1),
-                "test_map": test_map,
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        epoch_meta = {**meta, "test_map": test_map, "epoch": epoch + 1, "train": asdict(config)}
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch + 1, "loss": loss, "test_map": test_map, "seconds": seconds})
         improved = test_map > best_map
-        if improved:
-            best_map = test_map
-            save_checkpoint(out / "best.safetensors", model, epoch_meta)
-        save_checkpoint(out / "last.safetensors", model, epoch_meta)
-        with atomic_path(state_path) as tmp:
-            torch.save(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "best_map": best_map,
-                    "history": json.dumps(history),
-                    "config": asdict(config),
-                    "classes": list(meta["classes"]),
-                },
-                tmp,
-            )
+        best_map = max(best_map, test_map)
+        _save_epoch(out, model, optimizer, config, meta, epoch, best_map, history, improved)
         log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {running / max(seen, 1):.4f}, "
-            f"test mAP {test_map:.4f}{' (best)' if improved else ''}, "
-            f"{history[-1]['seconds']:.1f} s"
+            f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, "
+            f"test mAP {test_map:.4f}{' (best)' if improved else ''}, {seconds:.1f} s"
         )
     best = json.loads((out / "best.json").read_text())
     best["history"] = history
     return best
+
+
+def _resume(
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    meta: dict[str, Any],
+    log: Callable[[str], None],
+) -> tuple[int, float, list[dict[str, Any]]]:
+    """``(first epoch, best test mAP, history)``: of the interrupted run in ``out`` (whose
+    last weights and optimiser state are loaded), or of a new run."""
+    state_path = out / "train_state.pt"
+    if not (state_path.is_file() and (out / "last.safetensors").is_file()):
+        return 0, -1.0, []
+    state = _read_train_state(state_path)
+    if state.get("config") != asdict(config) or state.get("classes") != list(meta["classes"]):
+        raise InputError(
+            f"{str(out)!r} holds a training run with other settings; use another --out "
+            "or delete that folder"
+        )
+    model.load_state_dict(load_state(out / "last.safetensors"))
+    optimizer.load_state_dict(state["optimizer"])
+    start_epoch, best_map = int(state["epoch"]) + 1, float(state["best_map"])
+    log(f"resuming {out} after epoch {start_epoch} (best test mAP so far {best_map:.4f})")
+    return start_epoch, best_map, json.loads(state["history"])
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    generator: torch.Generator,
+    config: TrainConfig,
+    device: str,
+    progress: bool,
+    *,
+    epoch: int,
+    first_step: int,
+    total_steps: int,
+) -> float:
+    """One epoch of BCE training (learning-rate schedule per step, optional horizontal
+    flips drawn from ``generator``); returns the mean training loss."""
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    running, seen = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    for i, (images, labels) in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(first_step + i, total_steps, config.lr)
+        images, labels = images.to(device), labels.to(device).float()
+        if config.hflip:
+            flip = torch.rand(images.shape[0], generator=generator) < 0.5
+            images[flip.to(device)] = images[flip.to(device)].flip(-1)
+        loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += float(loss.detach()) * images.shape[0]
+        seen += images.shape[0]
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+    return running / max(seen, 1)
+
+
+def _save_epoch(
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    meta: dict[str, Any],
+    epoch: int,
+    best_map: float,
+    history: list[dict[str, Any]],
+    improved: bool,
+) -> None:
+    """Write ``last`` (and ``best`` when ``improved``) checkpoints and the resumable state."""
+    epoch_meta = {
+        **meta, "test_map": history[-1]["test_map"], "epoch": epoch + 1, "train": asdict(config)
+    }  # fmt: skip
+    if improved:
+        save_checkpoint(out / "best.safetensors", model, epoch_meta)
+    save_checkpoint(out / "last.safetensors", model, epoch_meta)
+    with atomic_path(out / "train_state.pt") as tmp:
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "best_map": best_map,
+                "history": json.dumps(history),
+                "config": asdict(config),
+                "classes": list(meta["classes"]),
+            },
+            tmp,
+        )
