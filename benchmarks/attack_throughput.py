@@ -72,26 +72,23 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from tkmia.attacks import MLCWU, Attack, KFool, TkMIA, TkMLAPU
+from tkmia.attacks import Attack, TkMIA
 from tkmia.attacks.layout import model_memory_format
+from tkmia.experiments.methods import REGISTRY
 from tkmia.losses import tkmia_grad
 from tkmia.metrics import topk_indices
 from tkmia.runtime import retain_freed_memory
 
-METHODS = ("tkmia", "tkmlapu", "mlcwu", "kfool")
+METHODS = tuple(REGISTRY)
 
 
 def make_attack(name: str, model: nn.Module, args: argparse.Namespace, **over) -> Attack:
+    """The registry's attack ``name`` with the benchmark's hyper-parameters (those it takes)."""
+    if name not in REGISTRY:
+        raise SystemExit(f"unknown method {name!r}; choose from {METHODS}")
+    spec = REGISTRY[name]
     opts = {"lr": args.lr, "lam": args.lam, "max_iter": args.max_iter} | over
-    if name == "tkmia":
-        return TkMIA(model, args.k, **opts)
-    if name == "tkmlapu":
-        return TkMLAPU(model, args.k, **opts)
-    if name == "mlcwu":
-        return MLCWU(model, args.k, **opts)
-    if name == "kfool":
-        return KFool(model, args.k, max_iter=opts["max_iter"])
-    raise SystemExit(f"unknown method {name!r}; choose from {METHODS}")
+    return spec.cls(model, args.k, **{h: v for h, v in opts.items() if h in spec.defaults})
 
 
 # ----------------------------------------------------------------------- problems

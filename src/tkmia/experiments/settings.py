@@ -17,7 +17,6 @@ from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY, MethodSpec, met
 from tkmia.protocol import check_scheme
 
 METHODS = tuple(REGISTRY)
-METHOD_TITLES = {name: spec.title for name, spec in REGISTRY.items()}
 
 
 @dataclass(frozen=True)
@@ -45,13 +44,6 @@ class Setting:
         if self.scheme == "global":
             return None
         return self.n if self.threshold is None else self.threshold
-
-    @property
-    def title(self) -> str:
-        """What tables and figures call the setting."""
-        if self.scheme == "global":
-            return f"S1 global, group {self.group}, k={self.k}"
-        return f"S2 random, n={self.n}, t={self.effective_threshold}, k={self.k}"
 
 
 @dataclass(frozen=True, init=False)
