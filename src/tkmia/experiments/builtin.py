@@ -16,12 +16,10 @@ DEFAULT_K = [2, 3]
 DEFAULT_N = [1, 2]
 DEFAULT_SAMPLES = {"digits": 200}
 FALLBACK_SAMPLES = 1000
-#: images optimised at once. On a CPU the built-in model's throughput is flat from batch
-#: 16 to 256, so a working set that holds a whole setting (200 images) admits every image
-#: at the start instead of late ones finishing alone (with the NCHW model kFool was 21 %
-#: faster than at 64; in channels-last the whole make run's attacks took 202 s at 256 and
-#: 191 s at 64, within this machine's noise); elsewhere 64 keeps a ResNet at 448 px
-#: within a GPU's memory.
+#: images optimised at once: for the built-in dataset a working set that holds a whole
+#: setting (200 images), since on a CPU its model runs as fast at 256 as at 64 (README
+#: "Experiments at paper scale", "Batching"); elsewhere 64 keeps a ResNet at 448 px within
+#: a GPU's memory.
 DEFAULT_BATCH_SIZE = {"digits": 256}
 FALLBACK_BATCH_SIZE = 64
 
