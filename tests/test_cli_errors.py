@@ -351,3 +351,21 @@ def test_end_to_end_process(template, expect, tmp_path: Path) -> None:
     _assert_one_error_line(proc.stderr, expect)
     assert proc.stdout == ""
     assert not (tmp_path / "out").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_a_run_that_attacks_nothing_warns_and_exits_3(tmp_path, capsys) -> None:
+    """k = 19 of 20 labels: no image has |Y| >= k + |S|; the run says so and exits 3."""
+    from tkmia.cli import main
+
+    out = tmp_path / "res"
+    code = main([
+        "run", "--split", "val", "--scheme", "global", "--groups", "sevens", "--k", "19",
+        "--samples", "2", "--methods", "kfool", "--max-iter", "1", "--examples", "0",
+        "--out", str(out), "--no-progress",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "no image was eligible (1000 looked at and skipped" in err
+    assert "|Y| >= k + |S| = 19 + |S|" in err and "exit code 3" in err
+    assert (out / "summary.csv").is_file()  # the (empty) results are still written
+    assert "skipped: the ineligible images" in (out / "summary.md").read_text()

@@ -15,7 +15,13 @@ import torch
 from tkmia.errors import InputError
 from tkmia.metrics import topk_mask
 
-__all__ = ["check_scheme", "select_global", "select_random", "success_threshold"]
+__all__ = [
+    "check_scheme",
+    "eligibility_rule",
+    "select_global",
+    "select_random",
+    "success_threshold",
+]
 
 SCHEMES = ("global", "random")
 
@@ -52,6 +58,22 @@ def check_scheme(scheme: str, k: int, c: int | None, n: int | None, threshold: i
             "the global scheme's success rule is fixed (every specified label in the clean "
             "top-k must leave it); --threshold applies to the random scheme only"
         )
+
+
+def eligibility_rule(scheme: str, k: int, n: int | None = None) -> str:
+    """The eligibility rule of a setting in words (for messages and reports).
+
+    Args:
+        scheme: ``"global"`` (S1) or ``"random"`` (S2).
+        k: the top-k size.
+        n: S2's labels drawn per image.
+
+    Returns:
+        The rule, e.g. ``"|Y| >= k + |S| = 2 + |S| and some label of S in the clean top-2"``.
+    """
+    if scheme == "global":
+        return f"|Y| >= k + |S| = {k} + |S| and some label of S = Y ∩ G in the clean top-{k}"
+    return f"|Y ∩ T_{k}(x)| >= n = {n} and |Y| >= k + n = {k + (n or 0)}"
 
 
 def success_threshold(scheme: str, n: int | None, threshold: int | None) -> int | None:

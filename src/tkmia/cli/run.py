@@ -8,6 +8,8 @@ as soon as they are known.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from tkmia.experiments.settings import (
     method_grid,
     setting_grid,
 )
+from tkmia.experiments.summary import SummaryRow
+from tkmia.protocol import eligibility_rule
 
 
 def add_parser(sub: Any) -> None:
@@ -102,6 +106,10 @@ def build_settings(opts: dict[str, Any], dataset: str, classes: list[str]) -> li
     return setting_grid(
         _schemes(opts["scheme"]), opts["k"], groups, opts["n"], thresholds, dataset, classes
     )
+
+
+#: the exit code of a run in which no setting attacked any image (nothing was eligible)
+EXIT_NOTHING_ATTACKED = 3
 
 
 @dataclass(frozen=True)
@@ -218,7 +226,8 @@ def command(args: argparse.Namespace) -> int:
         args: the parsed command line.
 
     Returns:
-        The exit code, 0.
+        The exit code: 0, or :data:`EXIT_NOTHING_ATTACKED` when no image was eligible in
+        any setting (after a warning per setting).
 
     Raises:
         InputError, MissingFileError: a user mistake (before anything is written).
@@ -259,6 +268,41 @@ def command(args: argparse.Namespace) -> int:
             # every rank is past run()'s last barrier: none can still be writing here
             remove_stale_temporaries(out)
             print(f"results: {out}")
+            if not warn_unattacked(rows):
+                return EXIT_NOTHING_ATTACKED
     finally:
         shutdown(dist)
     return 0
+
+
+def warn_unattacked(rows: Sequence[SummaryRow]) -> bool:
+    """Warn on stderr about every setting in which no image was eligible: how many images
+    were looked at and the rule that excluded them. Returns whether anything was attacked.
+
+    Args:
+        rows: the run's summary rows.
+    """
+    attacked: dict[str, int] = {}
+    firsts: dict[str, SummaryRow] = {}
+    for row in rows:
+        attacked[row.setting_key] = attacked.get(row.setting_key, 0) + row.attacked
+        firsts.setdefault(row.setting_key, row)
+    for key, row in firsts.items():
+        if attacked[key]:
+            continue
+        s = row.setting
+        rule = eligibility_rule(s.scheme, s.k, s.n)
+        print(
+            f"tkmia run: warning: {row.setting_title}: no image was eligible ({row.skipped} "
+            f"looked at and skipped; eligible: {rule})",
+            file=sys.stderr,
+        )
+    if rows and not any(attacked.values()):
+        print(
+            f"tkmia run: warning: no setting attacked any image; exit code "
+            f"{EXIT_NOTHING_ATTACKED} (choose other settings, another split, or a model "
+            "that ranks more relevant labels in its top-k)",
+            file=sys.stderr,
+        )
+        return False
+    return True

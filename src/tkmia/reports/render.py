@@ -19,7 +19,11 @@ INTRO = (
     "ΔN is the mean number of specified labels removed from the top-k; APer is the "
     "mean L2 norm of the perturbation (pixels in [0, 1]) over the successful images, "
     "and so are L∞, PSNR (dB) and SSIM; success 8-bit is the success rate after the "
-    "adversarial images are quantised to 8 bits (saved as PNG and read back)."
+    "adversarial images are quantised to 8 bits (saved as PNG and read back). "
+    "attacked: the first eligible images of the split (at most --samples); skipped: the "
+    "ineligible images met before the last attacked one (every ineligible image when fewer "
+    "were eligible), by the setting's rule (S1: |Y| >= k + |S| and some label of S in the "
+    "clean top-k; S2: at least n relevant labels in the clean top-k and |Y| >= k + n)."
 )
 
 
