@@ -566,3 +566,19 @@ def test_an_attack_gives_the_model_back_its_own_mode(name) -> None:
     assert [m.training for m in model.modules()] == modes
     assert torch.equal(res.adv_images, expected.adv_images)
     assert torch.equal(res.iterations, expected.iterations)
+
+
+@pytest.mark.parametrize("cls", [TkMIA, TkMLAPU, MLCWU, KFool])
+def test_attacks_run_with_their_tuned_defaults_from_the_registry(cls) -> None:
+    """``cls(model, k)`` works, with the registry's defaults (one source of truth)."""
+    import inspect
+
+    from tkmia.experiments.methods import REGISTRY
+
+    spec = next(s for s in REGISTRY.values() if s.cls is cls)
+    params = inspect.signature(cls).parameters
+    assert {h: params[h].default for h in spec.defaults} == dict(spec.defaults)
+    model = make_cnn()
+    x, y, s = make_problem(model, 2, K)
+    res = cls(model, K)(x, y, s)
+    assert res.success.shape == (2,)

@@ -70,7 +70,7 @@ class KFool(Attack):
         self,
         model: nn.Module,
         k: int,
-        max_iter: int,
+        max_iter: int = 300,
         overshoot: float = 0.02,
         normalize: Normalize | None = None,
         baseline_targets: str = "relevant",

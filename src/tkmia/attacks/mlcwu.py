@@ -23,16 +23,17 @@ class MLCWU(LossAttack):
     ``baseline_targets="specified"`` attacks only S. ``eps`` (off by default) bounds the
     perturbation: after every step ``x' − x`` is projected onto the L2 ball of radius
     ``eps`` (pixels in [0, 1], all channels), which keeps ``x'`` inside the box. The other
-    arguments are :class:`LossAttack`'s.
+    arguments are :class:`LossAttack`'s; the defaults of ``lr``, ``lam`` and ``max_iter`` are
+    the ones tuned on the built-in benchmark's validation split.
     """
 
     def __init__(
         self,
         model: nn.Module,
         k: int,
-        lr: float,
-        lam: float,
-        max_iter: int,
+        lr: float = 5e-4,
+        lam: float = 1e-3,
+        max_iter: int = 300,
         eps: float | None = None,
         penalty: str = "w",
         normalize: Normalize | None = None,
