@@ -28,7 +28,7 @@ class KFoolState(SampleState):
     Attributes:
         anchor: ``(n, 1)`` long, ``m``: the best target label on the clean image.
         r: ``(n, C, H, W)`` the accumulated step (``v = (1 + overshoot)·r``).
-        stalled: ``(n,)`` bool, the last step was exactly zero.
+        stalled: ``(n,)`` bool, the last step moved no pixel, nor will any later one.
     """
 
     anchor: torch.Tensor
@@ -56,7 +56,7 @@ class KFool(Attack):
         overshoot: scales the accumulated step (>= 0, default 0 as the reference), so that
             the linearised boundary is crossed rather than merely reached, as in DeepFool.
         baseline_targets: ``"relevant"`` (the paper: all of Y) or ``"specified"`` (S only).
-        stop_when_stalled: stop a sample whose step is exactly zero (below).
+        stop_when_stalled: stop a sample whose steps can no longer move a pixel (below).
 
     Raises:
         InputError: for a bad ``linearize``, ``overshoot`` or ``baseline_targets`` (and as
@@ -89,11 +89,15 @@ class KFool(Attack):
       result does not depend on its batch mates (the reference runs one image at a time).
 
     **Stalled samples stop early** (``stop_when_stalled=True``): kFool's only state is
-    ``r``, so a sample whose step is exactly zero (``w = 0``: every ``g_p`` of its
-    top-(k+1) is skipped; with ``linearize="tanh"`` this happens once all its pixels are
-    saturated at 0 or 1, where the map's derivative is 0) can never move again; the next
-    evaluation (the same image) ends it. Its image, scores and success are exactly those
-    of running on to ``max_iter``; only its iteration count is smaller.
+    ``r`` and its step depends on the image alone, so a sample whose step moves no pixel
+    (it is 0 wherever the pixel is not already saturated at 1, for a positive component,
+    or at 0, for a negative one) keeps its image, hence the step's direction, for the
+    rest of the run: ``r`` grows but ``x'`` never changes. The next evaluation (the same
+    image) ends it. Its image, scores and success are exactly those of running on to
+    ``max_iter``; only its iteration count is smaller. With ``linearize="tanh"`` this
+    happens once all its pixels are saturated (the map's derivative, hence every
+    ``g_p``, is 0 there); with ``"image"``, once every pixel the step pushes is saturated
+    in that direction (the reference runs on to ``max_iter`` with the same image).
 
     The batch's per-label gradients come from one backward pass per top-(k+1) slot (k+1
     passes per iteration; k on the CPU when ``m`` is in every sample's top-(k+1), as its own
@@ -174,8 +178,13 @@ class KFool(Attack):
         assert w is not None  # passes >= k >= 1
         w_norm = w.flatten(1).norm(dim=1)
         zero = w_norm == 0  # no label used (or they cancel): a zero step
-        if self.stop_when_stalled:
-            state.stalled = zero  # r, hence x', stays as it is
         scale = torch.where(zero, 0.0, s.abs() / w_norm.masked_fill(zero, 1.0))
-        state.r = state.r.addcmul(w, scale.view(view))
+        step = w * scale.view(view)
+        if self.stop_when_stalled:
+            # no pixel moves, now or ever: the step is 0 where the pixel is not saturated
+            # in the step's own direction, so x', hence the next step's direction, stays
+            x = x_adv.detach()
+            moves = (step > 0) & (x < 1) | (step < 0) & (x > 0)
+            state.stalled = ~moves.flatten(1).any(dim=1)
+        state.r = state.r + step
         return (1 + self.overshoot) * state.r
