@@ -62,3 +62,63 @@ def kfool_step_reference(model, x, r, anchor: int, k: int, overshoot: float):
         w = w + g / norm
         s += float((f[p] - f[anchor]).detach()) / norm
     return r + abs(s) * w / w.norm()
+
+
+def kfool_loop_reference(model, x, y, s, k: int, max_iter: int):
+    """The paper's kFool loop (``kfool_global`` of the reference code, SPEC §4.2 with
+    gradients w.r.t. the *pixels* and no overshoot), one image ``x`` ``(1, C, H, W)`` at a
+    time in float64, with S1's success rule; written from its description, independently
+    of :class:`tkmia.attacks.KFool`.
+
+    ``y``, ``s``: ``(c,)`` 0/1, the relevant labels Y and the specified S. The anchor is the
+    best relevant label on the clean image. While some label of Y is in the top-k and fewer
+    than ``max_iter`` steps were taken: take the gradients w.r.t. the image ``x'`` of the
+    top-(k+1) scores and of the anchor's; for each of those labels other than the anchor
+    whose gradient differs from the anchor's, add ``g/‖g‖`` to ``w`` and ``(f_p − f_m)/‖g‖``
+    to ``s``; add ``|s|·w/‖w‖`` to the tanh-space step ``r`` (a zero ``w`` leaves ``r`` as
+    it is, and the image can never move again: the loop ends after that step); rescore;
+    success once every label of S that was in the clean top-k has left it.
+
+    Returns:
+        ``(success, steps taken, x' (1, C, H, W))``.
+    """
+    import torch
+
+    x = x.double()
+    yb, sb = [bool(v) for v in y.tolist()], [bool(v) for v in s.tolist()]
+    z0 = torch.atanh(2 * x.clamp(1e-6, 1 - 1e-6) - 1)
+
+    def image(r):
+        return ((torch.tanh(z0 + r) + 1) / 2).requires_grad_(True)
+
+    def top(f, n):
+        return f.detach().topk(n).indices.tolist()
+
+    xa = image(torch.zeros_like(x))
+    f = model(xa)[0]
+    fd = f.detach()
+    anchor = max((j for j in range(len(yb)) if yb[j]), key=lambda j: (float(fd[j]), -j))
+    clean_in = [j for j in top(f, k) if sb[j]]
+    r = torch.zeros_like(x)
+    steps = 0
+    while any(yb[j] for j in top(f, k)) and steps < max_iter:
+        (g_m,) = torch.autograd.grad(f[anchor], xa, retain_graph=True)
+        w = torch.zeros_like(x)
+        total = 0.0
+        for p in top(f, k + 1):
+            (g_p,) = torch.autograd.grad(f[p], xa, retain_graph=True)
+            g = g_p - g_m
+            if p == anchor or bool((g == 0).all()):
+                continue
+            inv = 1.0 / float(g.norm())
+            w = w + g * inv
+            total += float((f[p] - f[anchor]).detach()) * inv
+        steps += 1
+        if float(w.norm()) == 0:
+            break
+        r = r + abs(total) * w / w.norm()
+        xa = image(r)
+        f = model(xa)[0]
+        if not any(j in clean_in for j in top(f, k)):
+            return True, steps, xa.detach()
+    return False, steps, xa.detach()

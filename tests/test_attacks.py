@@ -15,7 +15,7 @@ from tkmia.errors import InputError
 from tkmia.losses import mlcw_loss, tkmia_loss, tkmlap_loss
 from tkmia.metrics import removed_count, topk_mask
 
-from _brute import kfool_step_reference, sgd_reference
+from _brute import kfool_loop_reference, kfool_step_reference, sgd_reference
 from _toys import CountingModel, make_cnn, make_problem
 
 K = 3
@@ -27,7 +27,9 @@ def _attacks(model: nn.Module, max_iter: int = 100) -> dict[str, object]:
         "tkmia": TkMIA(model, K, lr=5.0, lam=1e-3, max_iter=max_iter),
         "tkmlapu": TkMLAPU(model, K, lr=50.0, lam=1e-5, max_iter=max_iter),
         "mlcwu": MLCWU(model, K, lr=50.0, lam=1e-5, max_iter=max_iter),
-        "kfool": KFool(model, K, max_iter=min(max_iter, 10)),
+        # tkmia's variant: the default's steps cross the toy's boundaries less often (the
+        # default is checked against the reference loop below)
+        "kfool": KFool(model, K, max_iter=min(max_iter, 10), linearize="tanh", overshoot=0.02),
     }
 
 
@@ -232,7 +234,7 @@ def test_kfool_crosses_a_linear_boundary_in_one_step() -> None:
     model = LinearInTanhSpace(w, b)
     # Y = {0}: m = 0 is top-1; the one label in its way among the top-2 is p = 1.
     y = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    res = KFool(model, k, max_iter=5, overshoot=0.02)(x, y, y)
+    res = KFool(model, k, max_iter=5, linearize="tanh", overshoot=0.02)(x, y, y)
     assert res.success.item() and res.iterations.item() == 1
     # closed form: r = |d| g / ‖g‖², g = W_1 − W_0, d = f_1 − f_0 = −1
     g = w[1] - w[0]
@@ -256,7 +258,7 @@ def test_kfool_anchors_on_the_best_target_not_the_best_label(targets: str) -> No
     y.scatter_(1, order[:, 1:5], 1)  # ranks 2..5 relevant; the top-1 is not
     s = torch.zeros_like(y)
     s.scatter_(1, order[:, 2:3], 1)  # the third-ranked label: the best target only for S
-    atk = KFool(model, K, max_iter=3, baseline_targets=targets)
+    atk = KFool(model, K, max_iter=3, baseline_targets=targets, linearize="tanh", overshoot=0.02)
     res = atk(x, y, s)
     assert (res.iterations >= 1).all()
     for i in range(6):
@@ -269,6 +271,57 @@ def test_kfool_anchors_on_the_best_target_not_the_best_label(targets: str) -> No
         torch.testing.assert_close(res.adv_images[i : i + 1], expect, atol=1e-7, rtol=0)
 
 
+def _smooth_problem(b: int, k: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A small float64 tanh MLP on (3, 4, 4) images with input gradients of order 1 (kFool's
+    steps stay moderate, no pixel saturates: not chaotic), and an S1 problem on it: Y the
+    clean top-3, S one label of the clean top-k."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.Tanh(), nn.Linear(16, 6))
+    model = model.double().eval()
+    with torch.no_grad():
+        model[1].weight.mul_(3.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(b, 3, 4, 4, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        order = model(x).argsort(dim=1, descending=True)
+    y = torch.zeros(b, 6, dtype=torch.float64).scatter_(1, order[:, :3], 1)
+    s = torch.zeros_like(y)
+    for i in range(b):
+        s[i, order[i, torch.randperm(k, generator=g)[:1]]] = 1
+    return model, x, y, s
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_kfool_matches_the_reference_loop_one_image_at_a_time(batch_size) -> None:
+    """The default kFool (pixel-space gradients, no overshoot) is the paper's loop: the
+    same success flags, step counts and images as ``kfool_global`` written out one image
+    at a time in float64 (``_brute.kfool_loop_reference``)."""
+    k, max_iter = 2, 30
+    model, x, y, s = _smooth_problem(16, k)
+    res = KFool(model, k, max_iter=max_iter)(x, y, s, batch_size=batch_size)
+    assert 3 <= int(res.success.sum()) < 16 and len(set(res.iterations.tolist())) >= 3
+    for i in range(16):
+        ok, steps, image = kfool_loop_reference(model, x[i : i + 1], y[i], s[i], k, max_iter)
+        assert (res.success[i].item(), res.iterations[i].item()) == (ok, steps), i
+        torch.testing.assert_close(res.adv_images[i : i + 1], image, atol=1e-8, rtol=0)
+
+
+def test_kfool_variants_differ_on_the_smooth_model() -> None:
+    """``linearize="tanh"`` and an overshoot are another attack: not the reference's."""
+    model, x, y, s = _smooth_problem(16, 2)
+    image = KFool(model, 2, max_iter=30)(x, y, s)
+    tanh = KFool(model, 2, max_iter=30, linearize="tanh", overshoot=0.02)(x, y, s)
+    assert not torch.equal(image.iterations, tanh.iterations)
+
+
+def test_kfool_linearize_is_checked() -> None:
+    model = make_cnn()
+    with pytest.raises(InputError, match="linearize must be one of"):
+        KFool(model, K, max_iter=3, linearize="pixels")
+    with pytest.raises(InputError, match="overshoot must be"):
+        KFool(model, K, max_iter=3, overshoot=float("inf"))
+
+
 def test_kfool_stops_when_no_target_is_left_in_top_k() -> None:
     model = make_cnn()
     x, y, s = make_problem(model, 8, K, n_relevant=4, n_specified=1)
@@ -279,23 +332,26 @@ def test_kfool_stops_when_no_target_is_left_in_top_k() -> None:
     assert (res.success | no_target_left | (res.iterations == 50)).all()
 
 
+@pytest.mark.parametrize("linearize", ["image", "tanh"])
 @pytest.mark.parametrize("batch_size", [None, 1])
-def test_kfool_stalled_samples_stop_with_the_result_of_max_iter(batch_size) -> None:
-    """A sample whose kFool step is exactly zero (every pixel saturated) stops early; its
-    image, scores and success are those of running on to max_iter."""
+def test_kfool_stalled_samples_stop_with_the_result_of_max_iter(batch_size, linearize) -> None:
+    """A sample whose kFool step moves no pixel (every pixel it pushes is saturated that
+    way) stops early; its image, scores and success are those of running on to max_iter."""
     model = make_cnn(dtype=torch.float64)
     x, y, s = make_problem(model, 16, K, dtype=torch.float64)
-    full = KFool(model, K, max_iter=300, stop_when_stalled=False)(x, y, s, batch_size=batch_size)
-    early = KFool(model, K, max_iter=300)(x, y, s, batch_size=batch_size)
+    kw = {"linearize": linearize, "overshoot": 0.02 if linearize == "tanh" else 0.0}
+    full = KFool(model, K, 300, stop_when_stalled=False, **kw)(x, y, s, batch_size=batch_size)
+    early = KFool(model, K, max_iter=300, **kw)(x, y, s, batch_size=batch_size)
     assert torch.equal(early.adv_images, full.adv_images)
     # scored in working sets of other sizes (samples leave earlier): last-bit differences
     torch.testing.assert_close(early.adv_scores, full.adv_scores, rtol=0, atol=1e-12)
     assert torch.equal(early.success, full.success)
     stalled = early.iterations < full.iterations
-    assert stalled.sum() >= 3  # the toy has failures that saturate within ~30 steps
+    assert stalled.sum() >= (3 if linearize == "tanh" else 2)  # failures that saturate
     assert (full.iterations[stalled] == 300).all() and not early.success[stalled].any()
-    saturated = ((early.adv_images == 0) | (early.adv_images == 1)).flatten(1).all(dim=1)
-    assert saturated[stalled].all()
+    if linearize == "tanh":  # there, a step moves no pixel only once all are saturated
+        saturated = ((early.adv_images == 0) | (early.adv_images == 1)).flatten(1).all(dim=1)
+        assert saturated[stalled].all()
     assert torch.equal(early.iterations[~stalled], full.iterations[~stalled])
 
 

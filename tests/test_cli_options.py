@@ -57,11 +57,11 @@ def test_every_option_is_a_flag_and_the_same_config_key(tmp_path: Path) -> None:
 
 
 def test_hyperparameter_flags_come_from_the_registry() -> None:
-    assert set(HYPERPARAMETERS) <= CONFIG_KEYS
-    for name, hp in HYPERPARAMETERS.items():
-        option = OPTIONS[name]
+    assert {hp.option for hp in HYPERPARAMETERS.values()} <= CONFIG_KEYS
+    for hp in HYPERPARAMETERS.values():
+        option = OPTIONS[hp.option]
         assert option.many and option.kind is hp.kind and option.check is not None
-        assert option.check.expected == hp.expected
+        assert option.check.expected == hp.expected and option.choices == hp.choices
     args = build_parser().parse_args(["run", "--max-iter", "5,7", "--lr", "1e-3"])
     assert args.max_iter == [5, 7] and args.lr == [1e-3]
 
@@ -102,7 +102,7 @@ def test_complete_fills_defaults_and_treats_an_empty_list_as_not_given(tmp_path:
 def test_method_grid_order_defaults_and_ignored_hyperparameters() -> None:
     configs = build_methods({"methods": ["kfool", "tkmia"], "lr": [1e-3, 5e-4], "max_iter": [5]})
     assert [c.key for c in configs] == [
-        "kfool-it5",  # lr is not kFool's: ignored for it
+        "kfool-it5-os0-linimage",  # lr is not kFool's: ignored for it
         "tkmia-lr0.001-lam0.001-it5",
         "tkmia-lr0.0005-lam0.001-it5",
     ]
@@ -116,6 +116,30 @@ def test_method_grid_order_defaults_and_ignored_hyperparameters() -> None:
     ]
     with pytest.raises(InputError, match="'fgsm'"):
         method_grid(["tkmia", "fgsm"], {})
+
+
+def test_kfool_hyperparameters_are_flags_config_keys_and_grid_axes(tmp_path: Path) -> None:
+    """``--kfool-linearize`` (the keyword ``linearize``) and ``--overshoot`` come from the
+    registry: lists, grid axes, checked, and in the configuration key; the legacy
+    configuration (tanh, 0.02) keeps the key of the files written before they existed."""
+    argv = ["run", "--methods", "kfool", "--kfool-linearize", "tanh,image", "--overshoot", "0.02"]
+    opts = resolve_options(build_parser().parse_args(argv))
+    assert opts["kfool_linearize"] == ["tanh", "image"] and opts["overshoot"] == [0.02]
+    keys = [c.key for c in build_methods(opts)]
+    assert keys == ["kfool-it300", "kfool-it300-os0.02-linimage"]  # the first: legacy
+    assert build_methods(opts)[0].params == {
+        "max_iter": 300,
+        "overshoot": 0.02,
+        "linearize": "tanh",
+    }
+    config = tmp_path / "c.toml"
+    config.write_text('kfool-linearize = "tanh"\novershoot = [0, 0.02]\n')
+    assert load_config(config) == {"kfool_linearize": ["tanh"], "overshoot": [0, 0.02]}
+    with pytest.raises(InputError, match="--kfool-linearize must be one of image, tanh, got 'x'"):
+        check_values({"kfool_linearize": ["x"]})
+    with pytest.raises(InputError, match="--overshoot must be a finite number >= 0"):
+        check_values({"overshoot": [-1.0]})
+    assert "--kfool-linearize {image,tanh}[,...]" in " ".join(_run_help().split())
 
 
 def test_setting_grid_is_checked_before_and_after_the_classes_are_known() -> None:

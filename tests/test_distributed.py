@@ -63,7 +63,7 @@ def test_two_ranks_give_the_single_process_table(tmp_path) -> None:
     )  # fmt: skip
     assert _table(multi / "summary.csv") == _table(single / "summary.csv")
     for sdir in (multi / "records").iterdir():
-        for method in ("kfool-it5", "tkmia-lr0.0001-lam0.001-it5"):
+        for method in ("kfool-it5-os0-linimage", "tkmia-lr0.0001-lam0.001-it5"):
             assert not (sdir / f"{method}.jsonl").exists()
             parts = [read_records(sdir / f"{method}.rank{r}.jsonl") for r in (0, 1)]
             idx = [{rec["index"] for rec in part} for part in parts]
@@ -92,8 +92,8 @@ def test_rank_bookkeeping(monkeypatch) -> None:
     monkeypatch.setenv("LOCAL_RANK", "0")
     info = info_from_env()
     assert info == DistInfo(2, 3, 0) and info.active and not info.is_main
-    assert info.records_name("kfool-it5") == "kfool-it5.rank2.jsonl"
-    assert DistInfo().records_name("kfool-it5") == "kfool-it5.jsonl"
+    assert info.records_name("kfool-it5-os0-linimage") == "kfool-it5-os0-linimage.rank2.jsonl"
+    assert DistInfo().records_name("kfool-it5-os0-linimage") == "kfool-it5-os0-linimage.jsonl"
     monkeypatch.setenv("RANK", "3")
     with pytest.raises(InputError):
         info_from_env()

@@ -34,7 +34,7 @@ def results(tmp_path_factory):
     methods = [
         MethodConfig("tkmia", max_iter=20, lr=5.0, lam=1e-3),
         MethodConfig("tkmia", max_iter=20, lr=1.0, lam=1e-3),
-        MethodConfig("kfool", max_iter=5),
+        MethodConfig("kfool", max_iter=5, overshoot=0.0, linearize="image"),
     ]
     config = RunConfig(
         "toy",
@@ -95,7 +95,7 @@ def test_summary_columns_and_8bit_success(results) -> None:
               "d_map_at_k", "d_ndcg_at_k", "delta_n", "mean_specified", "aper",
               "mean_iterations", "seconds"]  # fmt: skip
     assert [c for c in cols if c in issue4] == issue4
-    recs = read_all_records(out / "records" / "random-k3-n1-t1", "kfool-it5")
+    recs = read_all_records(out / "records" / "random-k3-n1-t1", "kfool-it5-os0-linimage")
     row = next(r for r in table if r["scheme"] == "random" and r["method"] == "kfool")
     mean8 = sum(r["success_uint8"] for r in recs) / len(recs)
     assert float(row["success_uint8"]) == pytest.approx(mean8, rel=1e-5)

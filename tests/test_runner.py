@@ -54,7 +54,7 @@ def _config(samples: int = 12) -> RunConfig:
     ]
     methods = [
         MethodConfig("tkmia", max_iter=30, lr=5.0, lam=1e-3),
-        MethodConfig("kfool", max_iter=5),
+        MethodConfig("kfool", max_iter=5, overshoot=0.0, linearize="image"),
     ]
     return RunConfig("toy", "cnn", settings, methods, samples=samples, seed=0, batch_size=5)
 
@@ -83,7 +83,7 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
     assert float(row["aper"]) == pytest.approx(sum(ok) / len(ok), rel=1e-5)
     # the flipped label makes drops that are non-zero and differ between the successful
     # and the failed images: the summary averages them over all attacked images
-    recs = read_records(out / "records" / "random-k3-n1-t1" / "kfool-it5.jsonl")
+    recs = read_records(out / "records" / "random-k3-n1-t1" / "kfool-it5-os0-linimage.jsonl")
     drops = {
         ok: [r["ndcg_at_k_clean"] - r["ndcg_at_k_adv"] for r in recs if r["success"] == ok]
         for ok in (True, False)
@@ -106,7 +106,7 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
             assert rec["required"] >= 1
 
     # resume: drop the last records of one file, rerun, same summary (timing aside)
-    path = out / "records" / "global-k3-g" / "kfool-it5.jsonl"
+    path = out / "records" / "global-k3-g" / "kfool-it5-os0-linimage.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:4]) + lines[4][:10])  # a torn last line too
     rows2 = run(_config(), model, data, out, progress=False)

@@ -25,7 +25,7 @@ def _row(
     method="tkmia", lr=1e-3, lam=1e-3, it=100, success=0.5, aper=1.0, attacked=10, group="g", k=2
 ):
     """A summary row; the hyper-parameters the method lacks are left out."""
-    params = {"lr": lr, "lam": lam, "max_iter": it}
+    params = {"lr": lr, "lam": lam, "max_iter": it, "overshoot": 0.0, "linearize": "image"}
     config = MethodConfig(
         method, **{n: v for n, v in params.items() if n in method_spec(method).defaults}
     )

@@ -40,20 +40,24 @@ def _row(setting: Setting, config: MethodConfig, aper: float = 0.25) -> SummaryR
 def test_a_written_summary_reads_back_typed_and_writes_the_same_bytes(tmp_path) -> None:
     rows = [
         _row(S1, MethodConfig("tkmia", lr=1e-4, lam=1e-3, max_iter=300)),
-        _row(S2, MethodConfig("kfool", max_iter=5), aper=math.nan),
+        _row(
+            S2, MethodConfig("kfool", max_iter=5, overshoot=0.0, linearize="image"), aper=math.nan
+        ),
     ]
     first = write_summary(tmp_path, rows).read_text()
     lines = first.splitlines()
     assert lines[0].split(",") == SUMMARY_COLUMNS
-    assert lines[1].startswith("digits,builtin,global,2,sevens,,all,tkmia,0.0001,0.001,300,4,7,")
-    assert lines[2].startswith("digits,builtin,random,3,,2,2,kfool,,,5,4,7,0.75,0.5,0.125,")
+    assert lines[1].startswith("digits,builtin,global,2,sevens,,all,tkmia,0.0001,0.001,300,,,4,7,")
+    assert lines[2].startswith("digits,builtin,random,3,,2,2,kfool,,,5,0,image,4,7,0.75,0.5,")
     assert ",0.333333," in lines[1] and ",nan," in lines[2]
     back = read_summary(tmp_path / "summary.csv")
     assert write_summary(tmp_path, back, name="again.csv").read_text() == first
     s1, s2 = back
     assert s1.setting.k == 2 and s1.value("threshold") == "all" and s1.value("n") is None
     assert s2.value("group") is None and s2.value("threshold") == 2 and s2.attacked == 4
-    assert s2.value("lr") is None and s2.config == MethodConfig("kfool", max_iter=5)
+    assert s2.value("lr") is None and s2.config == MethodConfig(
+        "kfool", max_iter=5, overshoot=0.0, linearize="image"
+    )
     assert s1.config.params == {"lr": 1e-4, "lam": 1e-3, "max_iter": 300}
     assert math.isnan(s2.aper) and s1.psnr == 55.5
     assert s1.setting_key == S1.key and s2.setting_key == S2.key
@@ -73,7 +77,9 @@ def test_a_written_summary_reads_back_typed_and_writes_the_same_bytes(tmp_path) 
 def test_a_malformed_summary_is_an_input_error_naming_the_line(
     tmp_path, column, value, match
 ) -> None:
-    write_summary(tmp_path, [_row(S1, MethodConfig("kfool", max_iter=5))])
+    write_summary(
+        tmp_path, [_row(S1, MethodConfig("kfool", max_iter=5, overshoot=0.0, linearize="image"))]
+    )
     path = tmp_path / "summary.csv"
     header, line = path.read_text().splitlines()
     cells = line.split(",")
@@ -87,9 +93,28 @@ def test_a_malformed_summary_is_an_input_error_naming_the_line(
         read_summary(path)
 
 
+def test_optional_columns_only_when_a_method_takes_them_and_old_files_load(tmp_path) -> None:
+    """kFool's later hyper-parameters make columns only in summaries with kFool rows: a
+    summary of the loss-based methods keeps its layout, and a summary written before the
+    columns existed loads, its kFool rows with the values they were made with."""
+    tk = _row(S1, MethodConfig("tkmia", lr=1e-4, lam=1e-3, max_iter=300))
+    text = write_summary(tmp_path, [tk]).read_text()
+    old_header = [c for c in SUMMARY_COLUMNS if c not in ("overshoot", "linearize")]
+    assert text.splitlines()[0].split(",") == old_header
+    assert text.splitlines()[1].startswith("digits,builtin,global,2,sevens,,all,tkmia,0.0001,")
+    assert ",300,4,7," in text.splitlines()[1]
+    old = "kfool,,,5,4,7,"  # a kFool row of a file without the columns
+    cells = text.splitlines()[1].replace("tkmia,0.0001,0.001,300,4,7,", old)
+    (tmp_path / "old.csv").write_text(f"{','.join(old_header)}\n{text.splitlines()[1]}\n{cells}\n")
+    tk_back, kf_back = read_summary(tmp_path / "old.csv")
+    assert tk_back.config == tk.config
+    assert kf_back.config == MethodConfig("kfool", max_iter=5, overshoot=0.02, linearize="tanh")
+    assert kf_back.method_key == "kfool-it5"  # the old records' file name
+
+
 def test_titles_and_labels() -> None:
     tk = MethodConfig("tkmia", lr=5.0, lam=1e-3, max_iter=20)
-    kf = MethodConfig("kfool", max_iter=5)
+    kf = MethodConfig("kfool", max_iter=5, overshoot=0.0, linearize="image")
     s1, s2 = _row(S1, tk), _row(S2, kf)
     assert s1.setting_title == "digits · S1 global · group sevens · k=2"
     assert s2.setting_title == "digits · S2 random · n=2 · t=2 · k=3"
@@ -97,13 +122,13 @@ def test_titles_and_labels() -> None:
     assert s2.setting_short_title == "S2 n=2 t=2\nk=3"
     assert config_label(tk) == "TkMIA" and config_label(kf) == "kFool"
     assert config_label(tk, detailed=True) == "TkMIA (lr=5.0, λ=0.001, it=20)"
-    assert config_label(kf, detailed=True) == "kFool (it=5)"
+    assert config_label(kf, detailed=True) == "kFool (it=5, os=0.0, lin=image)"
     lr = MethodConfig("mlcwu", lr=1e-4, lam=5e-5, max_iter=300)
     assert config_label(lr, detailed=True) == "ML-CW-U (lr=0.0001, λ=5e-05, it=300)"
 
 
 def test_collect_rows_reads_the_records_once_into_typed_rows(tmp_path) -> None:
-    config = MethodConfig("kfool", max_iter=5)
+    config = MethodConfig("kfool", max_iter=5, overshoot=0.0, linearize="image")
     (tmp_path / "config.json").write_text(
         json.dumps({"dataset": "d", "model": "m", "settings": [S1.key], "methods": [config.key]})
     )

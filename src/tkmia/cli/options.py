@@ -83,16 +83,17 @@ class Option:
 
 def _hyperparameter(hp: HyperParameter) -> Option:
     per_method = ", ".join(
-        f"{name} {spec.defaults[hp.name]:g}"
+        f"{name} {hp.text(spec.defaults[hp.name])}"
         for name, spec in REGISTRY.items()
         if hp.name in spec.defaults
     )
     return Option(
-        hp.name,
+        hp.option,
         hp.kind,
         f"{hp.help}; several values make a grid",
         many=True,
         shown=f"per method: {per_method}",
+        choices=hp.choices,
         check=Check(hp.expected, hp.valid),
     )
 
@@ -274,10 +275,12 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option] = RUN
             kwargs["type"] = _list(option.kind) if option.many else option.kind
             kwargs["metavar"] = option.name.upper() + ("[,...]" if option.many else "")
             if option.choices:
-                kwargs |= {
-                    "choices": option.choices,
-                    "metavar": "{" + ",".join(option.choices) + "}",
-                }
+                # a list's items are checked by check_values (argparse would test the list)
+                kwargs["metavar"] = "{" + ",".join(option.choices) + "}"
+                if option.many:
+                    kwargs["metavar"] += "[,...]"
+                else:
+                    kwargs["choices"] = option.choices
         parser.add_argument(option.flag, *option.aliases, **kwargs)
 
 

@@ -69,7 +69,7 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
         InputError: an unknown method.
     """
     methods = opts.get("methods") or list(REGISTRY)
-    return method_grid(methods, {name: opts.get(name) for name in HYPERPARAMETERS})
+    return method_grid(methods, {name: opts.get(hp.option) for name, hp in HYPERPARAMETERS.items()})
 
 
 def check_grid(opts: dict[str, Any]) -> None:

@@ -14,19 +14,27 @@ mean success rate; among the configurations within 0.01 of it, the smallest mean
 instead of 1e-3 changed the mean success rate and APer by at most 0.002 (checked for TkMIA
 and TkML-AP-U at lr 1e-4 and 5e-4, max_iter 300: the penalty's gradient λw is tiny next
 to the loss's), so λ stays at 1e-3.
+
+kFool's ``linearize`` and ``overshoot`` came later (issue 21): its defaults are the paper's
+reference code (gradients w.r.t. the image, no overshoot); results written before they
+existed were made with ``linearize="tanh"``, ``overshoot=0.02`` (the entry's ``legacy``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from tkmia.attacks import MLCWU, Attack, KFool, TkMIA, TkMLAPU
+from tkmia.attacks.kfool import LINEARIZE
 from tkmia.errors import InputError
 
-__all__ = ["HYPERPARAMETERS", "REGISTRY", "MethodSpec", "method_spec"]
+__all__ = ["HYPERPARAMETERS", "REGISTRY", "HyperParameter", "MethodSpec", "Value", "method_spec"]
+
+#: the value of a hyper-parameter
+Value = float | int | str
 
 
 def _finite(value: object) -> bool:
@@ -38,13 +46,21 @@ class HyperParameter:
     """A hyper-parameter a run may vary.
 
     Attributes:
-        name: the attack's keyword argument, the key of ``--config`` files and (with ``-``
-            for ``_``) the ``tkmia run`` flag.
+        name: the attack's keyword argument, the key of :class:`MethodConfig` objects
+            (records' JSON, ``config.json``) and the ``summary.csv`` column.
         short: the name used in configuration keys and file names.
-        kind: ``float`` or ``int``.
+        kind: ``float``, ``int`` or ``str``.
         help: what it means, for ``tkmia run --help``.
         expected: the values it accepts, in words (completes "must be ...").
         valid: whether a value is one of them.
+        flag: the option's name where it differs from ``name``: the ``--config`` key and
+            (with ``-`` for ``_``) the ``tkmia run`` flag (``kfool_linearize`` for
+            kFool's ``linearize``: a flag names its method when the keyword does not).
+        choices: for a ``str`` kind, the accepted values.
+        optional_column: ``summary.csv`` has its column only when one of its rows' methods
+            takes it (a hyper-parameter added after the first results: summaries of runs
+            without such a method keep their layout, and older files without the column
+            still load, reading the method's ``legacy`` value).
     """
 
     name: str
@@ -53,6 +69,24 @@ class HyperParameter:
     help: str
     expected: str
     valid: Callable[[object], bool]
+    flag: str | None = None
+    choices: tuple[str, ...] = ()
+    optional_column: bool = False
+
+    @property
+    def option(self) -> str:
+        """The ``--config`` key (the flag is ``--`` and this with ``-`` for ``_``)."""
+        return self.flag or self.name
+
+    def parse(self, value: object) -> Value:
+        """A value read back from JSON or a CSV cell (text), as ``kind``."""
+        if self.kind is str:
+            return str(value)
+        return self.kind(float(value))  # type: ignore[arg-type]
+
+    def text(self, value: Value) -> str:
+        """The value as configuration keys and help texts write it (``0.0001``, ``image``)."""
+        return value if isinstance(value, str) else f"{value:g}"
 
 
 #: every hyper-parameter any method has, in the order of configuration keys
@@ -82,6 +116,27 @@ HYPERPARAMETERS: Mapping[str, HyperParameter] = MappingProxyType(
             "a positive integer",
             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         ),
+        "overshoot": HyperParameter(
+            "overshoot",
+            "os",
+            float,
+            "kFool: scales its accumulated step, (1 + overshoot)·r, as in DeepFool",
+            "a finite number >= 0",
+            lambda v: _finite(v) and v >= 0,  # type: ignore[operator]
+            optional_column=True,
+        ),
+        "linearize": HyperParameter(
+            "linearize",
+            "lin",
+            str,
+            "kFool: take the gradients w.r.t. the image (the paper's code) or the tanh-space "
+            "variable of the step",
+            " or ".join(LINEARIZE),
+            lambda v: v in LINEARIZE,
+            flag="kfool_linearize",
+            choices=LINEARIZE,
+            optional_column=True,
+        ),
     }
 )
 
@@ -97,20 +152,29 @@ class MethodSpec:
         defaults: each hyper-parameter the method takes (a key of :data:`HYPERPARAMETERS`)
             with its default value, in configuration-key order.
         loss_based: whether it minimises an objective with SGD (``lr`` and ``lam``).
+        legacy: for a hyper-parameter added to the method after results were written, the
+            value those results were made with: what a method JSON or a ``summary.csv`` row
+            without it means. A configuration with every one at its legacy value has the
+            key it had before they existed, so that the files written then keep their
+            meaning (and resume).
     """
 
     name: str
     title: str
     cls: Callable[..., Attack]
-    defaults: Mapping[str, float | int]
+    defaults: Mapping[str, Value]
     loss_based: bool
+    legacy: Mapping[str, Value] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.defaults) - set(HYPERPARAMETERS)
+        unknown = (set(self.defaults) | set(self.legacy)) - set(HYPERPARAMETERS)
         if unknown:
             raise ValueError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}")
+        if not set(self.legacy) <= set(self.defaults):
+            raise ValueError(f"{self.name}: a legacy value of a hyper-parameter it lacks")
         order = [h for h in HYPERPARAMETERS if h in self.defaults]
         object.__setattr__(self, "defaults", MappingProxyType({h: self.defaults[h] for h in order}))
+        object.__setattr__(self, "legacy", MappingProxyType(dict(self.legacy)))
 
 
 _LOSS_DEFAULTS = {"lam": 1e-3, "max_iter": 300}
@@ -122,7 +186,14 @@ REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(
         for spec in (
             MethodSpec("tkmia", "TkMIA", TkMIA, {"lr": 1e-4, **_LOSS_DEFAULTS}, True),
             MethodSpec("tkmlapu", "TkML-AP-U", TkMLAPU, {"lr": 5e-4, **_LOSS_DEFAULTS}, True),
-            MethodSpec("kfool", "kFool", KFool, {"max_iter": 300}, False),
+            MethodSpec(
+                "kfool",
+                "kFool",
+                KFool,
+                {"max_iter": 300, "overshoot": 0.0, "linearize": "image"},
+                False,
+                legacy={"overshoot": 0.02, "linearize": "tanh"},
+            ),
             MethodSpec("mlcwu", "ML-CW-U", MLCWU, {"lr": 5e-4, **_LOSS_DEFAULTS}, True),
         )
     }

@@ -13,7 +13,7 @@ from torch import nn
 from tkmia.attacks import Attack
 from tkmia.data.groups import resolve_group
 from tkmia.errors import InputError
-from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY, MethodSpec, method_spec
+from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY, MethodSpec, Value, method_spec
 from tkmia.protocol import check_scheme
 
 METHODS = tuple(REGISTRY)
@@ -60,9 +60,9 @@ class MethodConfig:
     """
 
     method: str
-    items: tuple[tuple[str, float | int], ...]
+    items: tuple[tuple[str, Value], ...]
 
-    def __init__(self, method: str, **params: float | int | None) -> None:
+    def __init__(self, method: str, **params: Value | None) -> None:
         spec = method_spec(method)
         given = {name: value for name, value in params.items() if value is not None}
         unknown = sorted(set(given) - set(spec.defaults))
@@ -81,16 +81,20 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
         """Read back :meth:`as_dict`'s object, or a summary row (values may be text, and
-        hyper-parameters the method lacks ``None`` or ``""``)."""
+        hyper-parameters the method lacks ``None``, ``""`` or absent). A hyper-parameter the
+        method takes but ``data`` lacks (written before it existed) reads as its ``legacy``
+        value (:class:`~tkmia.experiments.methods.MethodSpec`)."""
+        method = str(data["method"])
         params = {
-            name: HYPERPARAMETERS[name].kind(float(data[name]))
-            for name in HYPERPARAMETERS
+            name: hp.parse(data[name])
+            for name, hp in HYPERPARAMETERS.items()
             if data.get(name) not in (None, "")
         }
-        return cls(str(data["method"]), **params)
+        legacy = {name: v for name, v in method_spec(method).legacy.items() if name not in params}
+        return cls(method, **params, **legacy)
 
     @property
-    def params(self) -> dict[str, float | int]:
+    def params(self) -> dict[str, Value]:
         """The hyper-parameters, ``{name: value}`` in configuration-key order."""
         return dict(self.items)
 
@@ -107,8 +111,18 @@ class MethodConfig:
     @property
     def key(self) -> str:
         """A file-name-safe identifier: the method and its hyper-parameters
-        (``tkmia-lr0.0001-lam0.001-it300``, ``kfool-it300``)."""
-        parts = [f"{HYPERPARAMETERS[name].short}{value:g}" for name, value in self.items]
+        (``tkmia-lr0.0001-lam0.001-it300``, ``kfool-it300-os0-linimage``). A configuration
+        whose hyper-parameters added later are all at their ``legacy`` values has the key it
+        had before they existed (``kfool-it300``: ``linearize="tanh"``, ``overshoot=0.02``),
+        so that the files written then keep their meaning and resume."""
+        legacy = self.spec.legacy
+        params = self.params
+        old = bool(legacy) and all(params[name] == value for name, value in legacy.items())
+        parts = [
+            HYPERPARAMETERS[name].short + HYPERPARAMETERS[name].text(value)
+            for name, value in self.items
+            if not (old and name in legacy)
+        ]
         return "-".join([self.method, *parts])
 
     def build(
@@ -127,7 +141,7 @@ class MethodConfig:
 
 
 def method_grid(
-    methods: Sequence[str], values: Mapping[str, Sequence[float | int] | None]
+    methods: Sequence[str], values: Mapping[str, Sequence[Value] | None]
 ) -> list[MethodConfig]:
     """Every configuration of the grid: each method × the product of the values of the
     hyper-parameters *it takes* (in configuration-key order).

@@ -17,21 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from tkmia.errors import InputError
+from tkmia.experiments.methods import HYPERPARAMETERS
 from tkmia.experiments.records import read_all_records, summarise
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.files import write_text_atomic
 
-#: what identifies a row: the run, the setting and the method configuration
+#: what identifies a row: the run, the setting and the method configuration (the registry's
+#: hyper-parameters, in its order: lr, lam, max_iter, then those added later)
 KEY_COLUMNS = [
-    "dataset", "model", "scheme", "k", "group", "n", "threshold", "method", "lr", "lam",
-    "max_iter",
+    "dataset", "model", "scheme", "k", "group", "n", "threshold", "method", *HYPERPARAMETERS,
 ]  # fmt: skip
+#: hyper-parameter columns a file has only when one of its rows' methods takes them (see
+#: :attr:`~tkmia.experiments.methods.HyperParameter.optional_column`)
+OPTIONAL_COLUMNS = tuple(name for name, hp in HYPERPARAMETERS.items() if hp.optional_column)
 #: what the records say about that (setting, configuration), in column order
 MEASURE_COLUMNS = [
     "attacked", "skipped", "success_rate", "success_uint8", "d_tkacc", "d_p_at_k",
     "d_map_at_k", "d_ndcg_at_k", "delta_n", "mean_specified", "aper", "linf", "psnr", "ssim",
     "mean_iterations", "seconds",
 ]  # fmt: skip
+#: every column a summary may have, in order (:func:`summary_columns`: those a file has)
 SUMMARY_COLUMNS = KEY_COLUMNS + MEASURE_COLUMNS
 #: columns that measure time, not results: they differ between identical runs.
 TIMING_COLUMNS = ("seconds",)
@@ -222,7 +227,10 @@ def _parse(cls: type[SummaryRow], cells: Mapping[str, str]) -> SummaryRow:
         for f in fields(cls)
         if f.name in MEASURE_COLUMNS
     }
-    config = MethodConfig.from_dict({c: _cell(cells, c, str) for c in KEY_COLUMNS[7:]})
+    config = MethodConfig.from_dict(
+        {c: _cell(cells, c, str) for c in KEY_COLUMNS[7:] if c not in OPTIONAL_COLUMNS}
+        | {c: cells[c] for c in OPTIONAL_COLUMNS if cells.get(c) is not None}
+    )
     return cls(
         _cell(cells, "dataset", str), _cell(cells, "model", str), setting, config, **measures
     )
@@ -297,24 +305,35 @@ def _read_setting(path: Path) -> tuple[Setting, int, int, list[int] | None]:
     return Setting(**data), skipped, bad_images, selected
 
 
+def summary_columns(rows: Sequence[SummaryRow]) -> list[str]:
+    """The columns of a summary of ``rows``: :data:`SUMMARY_COLUMNS` less each of
+    :data:`OPTIONAL_COLUMNS` that no row's method takes."""
+    taken = {name for row in rows for name in row.config.params}
+    return [c for c in SUMMARY_COLUMNS if c not in OPTIONAL_COLUMNS or c in taken]
+
+
 def write_summary(out: Path, rows: Sequence[SummaryRow], name: str = "summary.csv") -> Path:
-    """Write the rows to ``out/name`` (atomically) with :data:`SUMMARY_COLUMNS`.
+    """Write the rows to ``out/name`` (atomically) with :func:`summary_columns`.
 
     Returns:
         The path written.
     """
+    columns = summary_columns(rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in rows:
-        writer.writerow(row.cells())
+        cells = row.cells()
+        writer.writerow({c: cells[c] for c in columns})
     path = out / name
     write_text_atomic(path, buffer.getvalue())
     return path
 
 
 def read_summary(path: Path) -> list[SummaryRow]:
-    """The rows of a ``summary.csv`` (or ``selected.csv``).
+    """The rows of a ``summary.csv`` (or ``selected.csv``); a file without an optional
+    hyper-parameter column (:data:`OPTIONAL_COLUMNS`, e.g. written before it existed) reads
+    the method's legacy value for it.
 
     Raises:
         InputError: a row lacks a column or holds a value of the wrong kind (the message
