@@ -633,8 +633,28 @@ def test_attacks_run_with_their_tuned_defaults_from_the_registry(cls) -> None:
 
     spec = next(s for s in REGISTRY.values() if s.cls is cls)
     params = inspect.signature(cls).parameters
-    assert {h: params[h].default for h in spec.defaults} == dict(spec.defaults)
+    assert {h: params[h].default for h in spec.takes} == dict(spec.defaults)
     model = make_cnn()
     x, y, s = make_problem(model, 2, K)
     res = cls(model, K)(x, y, s)
     assert res.success.shape == (2,)
+
+
+def test_the_registry_reads_defaults_from_the_class_signature() -> None:
+    """One source of truth: a registry entry's defaults are its class's keyword defaults,
+    and a class without one for a hyper-parameter it takes is refused."""
+    from tkmia.experiments.methods import MethodSpec
+
+    class Slow(TkMIA):
+        def __init__(self, model, k, lr=1e-5, lam=0.0, max_iter=7):
+            super().__init__(model, k, lr, lam, max_iter)
+
+    spec = MethodSpec("slow", "Slow", Slow, ("lr", "lam", "max_iter"), True)
+    assert dict(spec.defaults) == {"lr": 1e-5, "lam": 0.0, "max_iter": 7}
+
+    class NoDefault(TkMIA):
+        def __init__(self, model, k, lr, lam=0.0, max_iter=7):
+            super().__init__(model, k, lr, lam, max_iter)
+
+    with pytest.raises(ValueError, match="no keyword default"):
+        MethodSpec("bad", "Bad", NoDefault, ("lr", "lam", "max_iter"), True)

@@ -22,6 +22,7 @@ existed were made with ``linearize="tanh"``, ``overshoot=0.02`` (the entry's ``l
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -149,8 +150,10 @@ class MethodSpec:
         name: the key used on the command line, in file names and in ``summary.csv``.
         title: what tables and figures call it.
         cls: the attack class; built as ``cls(model, k, normalize=..., **hyper-parameters)``.
-        defaults: each hyper-parameter the method takes (a key of :data:`HYPERPARAMETERS`)
-            with its default value, in configuration-key order.
+        takes: the hyper-parameters the method takes (keys of :data:`HYPERPARAMETERS`).
+        defaults: each of them with its default, in configuration-key order: the keyword
+            default of ``cls``'s signature (one source of truth: ``TkMIA(model, k)`` and
+            ``tkmia run --methods tkmia`` use the same values).
         loss_based: whether it minimises an objective with SGD (``lr`` and ``lam``).
         legacy: for a hyper-parameter added to the method after results were written, the
             value those results were made with: what a method JSON or a ``summary.csv`` row
@@ -162,39 +165,46 @@ class MethodSpec:
     name: str
     title: str
     cls: Callable[..., Attack]
-    defaults: Mapping[str, Value]
+    takes: tuple[str, ...]
     loss_based: bool
     legacy: Mapping[str, Value] = field(default_factory=dict)
+    defaults: Mapping[str, Value] = field(init=False)
 
     def __post_init__(self) -> None:
-        unknown = (set(self.defaults) | set(self.legacy)) - set(HYPERPARAMETERS)
+        unknown = (set(self.takes) | set(self.legacy)) - set(HYPERPARAMETERS)
         if unknown:
             raise ValueError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}")
-        if not set(self.legacy) <= set(self.defaults):
+        if not set(self.legacy) <= set(self.takes):
             raise ValueError(f"{self.name}: a legacy value of a hyper-parameter it lacks")
-        order = [h for h in HYPERPARAMETERS if h in self.defaults]
-        object.__setattr__(self, "defaults", MappingProxyType({h: self.defaults[h] for h in order}))
+        params = inspect.signature(self.cls).parameters
+        missing = [h for h in self.takes if h not in params or params[h].default is _EMPTY]
+        if missing:
+            raise ValueError(f"{self.name}: {self.cls} has no keyword default for {missing}")
+        order = [h for h in HYPERPARAMETERS if h in self.takes]
+        defaults = {h: params[h].default for h in order}
+        object.__setattr__(self, "defaults", MappingProxyType(defaults))
         object.__setattr__(self, "legacy", MappingProxyType(dict(self.legacy)))
 
 
-_LOSS_DEFAULTS = {"lam": 1e-3, "max_iter": 300}
+_LOSS = ("lr", "lam", "max_iter")
+_EMPTY = inspect.Parameter.empty
 
 #: the methods in the order of the paper's tables
 REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(
     {
         spec.name: spec
         for spec in (
-            MethodSpec("tkmia", "TkMIA", TkMIA, {"lr": 1e-4, **_LOSS_DEFAULTS}, True),
-            MethodSpec("tkmlapu", "TkML-AP-U", TkMLAPU, {"lr": 5e-4, **_LOSS_DEFAULTS}, True),
+            MethodSpec("tkmia", "TkMIA", TkMIA, _LOSS, True),
+            MethodSpec("tkmlapu", "TkML-AP-U", TkMLAPU, _LOSS, True),
             MethodSpec(
                 "kfool",
                 "kFool",
                 KFool,
-                {"max_iter": 300, "overshoot": 0.0, "linearize": "image"},
+                ("max_iter", "overshoot", "linearize"),
                 False,
                 legacy={"overshoot": 0.02, "linearize": "tanh"},
             ),
-            MethodSpec("mlcwu", "ML-CW-U", MLCWU, {"lr": 5e-4, **_LOSS_DEFAULTS}, True),
+            MethodSpec("mlcwu", "ML-CW-U", MLCWU, _LOSS, True),
         )
     }
 )
