@@ -147,9 +147,23 @@ def test_other_configuration_in_the_same_folder_is_refused(tmp_path) -> None:
     data = ToyDataset(model)
     run(_config(samples=3), model, data, tmp_path, progress=False)
     before = (tmp_path / "summary.csv").read_text()
-    with pytest.raises(InputError, match="different run configuration"):
+    with pytest.raises(InputError, match="different run configuration") as err:
         run(_config(samples=4), model, data, tmp_path, progress=False)
+    assert "(samples: 3 in the folder, 4 now)" in str(err.value)  # names what differs
     assert (tmp_path / "summary.csv").read_text() == before
+
+
+def test_config_difference_names_each_differing_key_with_both_values() -> None:
+    from tkmia.experiments.results_dir import config_difference
+
+    old = {"samples": 3, "seed": 0, "methods": ["tkmia-lr5-lam0.001-it30"], "k": 1}
+    new = {"samples": 4, "seed": 0, "methods": ["kfool-it5"], "split": "val"}
+    assert config_difference(old, new, most=5) == (
+        "k: 1 in the folder, missing now; "
+        'methods: ["tkmia-lr5-lam0.001-it30"] in the folder, ["kfool-it5"] now; '
+        'samples: 3 in the folder, 4 now; split: missing in the folder, "val" now'
+    )
+    assert config_difference(old, new, most=1).endswith("; and 3 more")
 
 
 def test_render_writes_tables_and_figures(tmp_path) -> None:

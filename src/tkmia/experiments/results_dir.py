@@ -27,6 +27,26 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
+def config_difference(old: dict[str, Any], new: dict[str, Any], most: int = 3) -> str:
+    """The keys whose values differ between two ``config.json`` objects, each with both
+    values (``samples: 24 in the folder, 12 now``), at most ``most`` of them."""
+
+    def show(value: Any) -> str:
+        text = "missing" if value is _MISSING else json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k, _MISSING) != new.get(k, _MISSING)]
+    parts = [
+        f"{k}: {show(old.get(k, _MISSING))} in the folder, {show(new.get(k, _MISSING))} now"
+        for k in keys[:most]
+    ]
+    more = f"; and {len(keys) - most} more" if len(keys) > most else ""
+    return "; ".join(parts) + more
+
+
+_MISSING = object()
+
+
 def check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> None:
     """Create ``out`` with ``config.json``, or make sure it holds a run of ``config``.
 
@@ -47,8 +67,9 @@ def check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> None
             old = json.loads(path.read_text())
             if old != config:
                 raise InputError(
-                    f"{str(out)!r} holds results of a different run configuration; "
-                    "pass another --out to start a new run (or the same command to resume)"
+                    f"{str(out)!r} holds results of a different run configuration "
+                    f"({config_difference(old, config)}); pass another --out to start a new "
+                    "run (or the same command to resume)"
                 )
             return
         if not write:
