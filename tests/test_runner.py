@@ -250,3 +250,21 @@ def test_a_corrupt_image_stops_the_run_or_is_skipped_and_counted(tmp_path, capsy
         row = next(csv.DictReader(fh))
     assert int(row["attacked"]) == 4  # the bad image's old record no longer counts
     assert int(row["skipped"]) == data["skipped"] >= 1  # the bad image is among them
+
+
+def test_normalize_is_the_wrapped_model(tmp_path) -> None:
+    """``run(..., normalize=(mean, std))`` scores and attacks through the same normalisation
+    as a model wrapped in ``Normalized`` beforehand: the same summary."""
+    from tkmia.normalize import Normalized
+
+    model = make_cnn()
+    data = ToyDataset(model)
+    stats = ([0.4, 0.5, 0.6], [0.5, 0.25, 0.3])
+    a = run(_config(samples=4), model, data, tmp_path / "a", progress=False, normalize=stats)
+    b = run(_config(samples=4), Normalized(model, *stats), data, tmp_path / "b", progress=False)
+
+    def table(rows):
+        return [{k: v for k, v in r.cells().items() if k != "seconds"} for r in rows]
+
+    assert table(a) == table(b)
+    assert any(r.attacked for r in a)

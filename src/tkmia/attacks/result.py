@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -31,7 +31,3 @@ class AttackResult:
     adv_scores: torch.Tensor
     specified: torch.Tensor
     required: torch.Tensor
-
-    def head(self, n: int) -> AttackResult:
-        """The result of the first ``n`` samples (views, not copies)."""
-        return AttackResult(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tkmia.attacks import AttackResult
+from tkmia.attacks.base import Normalize
 from tkmia.data.common import LabelledDataset
 from tkmia.experiments.chunk_reader import Chunk, ChunkReader
 from tkmia.experiments.distributed import DistInfo
@@ -44,11 +45,12 @@ from tkmia.experiments.records import (
     read_all_records,
 )
 from tkmia.experiments.results_dir import prepare_out_dir, report_bad_images, write_setting
-from tkmia.experiments.scoring import CleanScores, Normalize, score
+from tkmia.experiments.scoring import CleanScores
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.experiments.summary import SummaryRow, collect_rows, write_summary
 from tkmia.files import atomic_path
 from tkmia.metrics import removed_count
+from tkmia.normalize import Normalized
 
 
 @dataclass
@@ -96,15 +98,13 @@ class RunConfig:
 
 
 @torch.no_grad()
-def quantised_success(
-    model: nn.Module, result: AttackResult, k: int, normalize: Normalize | None = None
-) -> torch.Tensor:
+def quantised_success(model: nn.Module, result: AttackResult, k: int) -> torch.Tensor:
     """Success ``(B,)`` bool re-measured after the adversarial images are saved as 8-bit
     PNGs and read back (``round(x · 255) / 255``): the model is scored on the quantised
     images and the attack's own rule applied (``ΔN >= required``, with ΔN against the
     clean top-k)."""
     quantised = quantize_uint8(result.adv_images.detach())
-    scores = score(model, quantised, normalize).to(result.clean_scores.dtype)
+    scores = model(quantised).to(result.clean_scores.dtype)
     removed = removed_count(result.clean_scores, scores, result.specified, k)
     return removed >= result.required.to(removed.device)
 
@@ -134,7 +134,6 @@ class _Run:
     dataset: LabelledDataset
     out: Path
     device: str
-    normalize: Normalize | None
     dist: DistInfo
     progress: bool
 
@@ -166,7 +165,7 @@ class _Run:
             leave=False,
         )
         if mine:
-            attack = method.build(self.model, setting.k, self.normalize)
+            attack = method.build(self.model, setting.k)
             reader = ChunkReader(self.dataset, plan.indices, plan.specified, mine, self.device)
             results = attack.stream(
                 reader, setting.effective_threshold, batch_size=self.config.batch_size
@@ -192,7 +191,7 @@ class _Run:
 
         ``seconds``: the attack's time on the chunk, less the time spent reading images.
         """
-        ok8 = quantised_success(self.model, result, setting.k, self.normalize)
+        ok8 = quantised_success(self.model, result, setting.k)
         if chunk.positions[0] == 0 and self.config.examples > 0:
             path = self.out / "examples" / setting.key / f"{method.key}.safetensors"
             _save_examples(path, chunk, result, min(self.config.examples, len(chunk.indices)))
@@ -230,7 +229,8 @@ def run(
         out: the results folder.
         device: where the model and attacks run.
         progress: show progress bars (rank 0 only).
-        normalize: ``(mean, std)`` the model expects (None: pixels in [0, 1]).
+        normalize: ``(mean, std)`` the model expects (None: pixels in [0, 1]); the model is
+            wrapped in :class:`~tkmia.normalize.Normalized` once, for scoring and attacks.
         skip_bad_images: skip and count an unreadable image (``bad_images`` in
             ``setting.json``) instead of stopping the run.
         dist: this process's place in a ``torchrun`` run (default: single process).
@@ -244,10 +244,10 @@ def run(
     """
     dist = dist or DistInfo()
     prepare_out_dir(out, config.as_json(), dist)
+    if normalize is not None:
+        model = Normalized(model, *normalize)
     model = model.to(device).eval()
-    cache = CleanScores(
-        model, dataset, config.batch_size, device, normalize=normalize, skip_bad=skip_bad_images
-    )
+    cache = CleanScores(model, dataset, config.batch_size, device, skip_bad=skip_bad_images)
     # deterministic: every rank selects the same images
     plans = [plan_setting(cache, s, config.samples, config.seed) for s in config.settings]
     if dist.is_main:
@@ -255,7 +255,7 @@ def run(
             write_setting(out, plan, config.methods, config.chunk)
         report_bad_images(plans, dataset)
     dist.barrier()
-    job = _Run(config, model, dataset, out, device, normalize, dist, progress)
+    job = _Run(config, model, dataset, out, device, dist, progress)
     for plan in plans:
         for method in config.methods:
             job.attack(plan, method)

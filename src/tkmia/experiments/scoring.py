@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 from tkmia.data.common import LabelledDataset
 from tkmia.errors import BadImageError
-
-#: ``(mean, std)`` per channel, applied before the model; None: the model takes [0, 1] pixels
-Normalize = tuple[Sequence[float], Sequence[float]]
-
-
-def score(model: nn.Module, images: torch.Tensor, normalize: Normalize | None) -> torch.Tensor:
-    """The model's scores ``(B, c)`` of ``images`` ``(B, 3, H, W)`` in [0, 1], normalised
-    first when ``normalize`` is given."""
-    if normalize is not None:
-        mean = torch.as_tensor(normalize[0], dtype=images.dtype, device=images.device)
-        std = torch.as_tensor(normalize[1], dtype=images.dtype, device=images.device)
-        images = (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return model(images)
 
 
 class CleanScores:
@@ -40,11 +25,10 @@ class CleanScores:
         dataset: LabelledDataset,
         batch_size: int,
         device: str,
-        normalize: Normalize | None = None,
         skip_bad: bool = False,
     ) -> None:
         self.model, self.dataset, self.batch_size, self.device = model, dataset, batch_size, device
-        self.normalize, self.skip_bad = normalize, skip_bad
+        self.skip_bad = skip_bad
         self.scores = torch.empty(0)
         self.labels = torch.empty(0)
         self.bad = torch.zeros(0, dtype=torch.bool)
@@ -97,7 +81,7 @@ class CleanScores:
         bad = torch.tensor([it is None for it in items], dtype=torch.bool)
         if good:
             images = torch.stack([im for im, _ in good]).to(self.device)
-            good_scores = score(self.model, images, self.normalize).float().cpu()
+            good_scores = self.model(images).float().cpu()
             c = good_scores.shape[1]
             good_labels = torch.stack([lab for _, lab in good]).float()
         else:
