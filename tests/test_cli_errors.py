@@ -70,6 +70,8 @@ def _make_files(tmp: Path) -> dict[str, str]:
     (tmp / "unknown.toml").write_text('k = [2]\ncolour = "red"\n')
     (tmp / "badtype.toml").write_text('lr = "fast"\n')
     (tmp / "badscheme.toml").write_text('scheme = "diagonal"\n')
+    (tmp / "s2global.toml").write_text('n = 1\nscheme = "global"\n')
+    (tmp / "kfoollr.toml").write_text('methods = ["kfool"]\nlr = 1e-3\n')
     return {
         "tmp": str(tmp),
         "five": str(five),
@@ -93,7 +95,17 @@ CASES = [
     ("n-above-k", ["run", "--k", "2", "--n", "3", "--scheme", "random"], "k = 2, got 3"),
     ("n-zero", ["run", "--k", "2", "--n", "0"], "got 0"),
     ("threshold-above-n", ["run", "--k", "3", "--n", "2", "--threshold", "4"], "n = 2, got 4"),
-    ("threshold-global", ["run", "--scheme", "global", "--threshold", "1"], "random scheme only"),
+    ("threshold-global", ["run", "--scheme", "global", "--threshold", "1"], "S2 only"),
+    # --- options the chosen run would ignore (issue 22: a strict command line)
+    ("n-with-global", ["run", "--n", "1", "--scheme", "global"], "--n applies to S2 only"),
+    ("groups-with-random", ["run", "--groups", "sevens", "--scheme", "random"], "--groups"),
+    ("image-size-digits", ["run", "--image-size", "32"], "--image-size does not apply"),
+    ("root-digits", ["run", "--root", "{tmp}"], "--root does not apply to the built-in"),
+    ("csv-not-folder", ["run", "--dataset", "voc2012", "--csv", "x.csv"], "--csv is the label"),
+    ("split-folder", ["run", "--dataset", "folder", "--split", "val"], "--split does not"),
+    ("lr-kfool-only", ["run", "--methods", "kfool", "--lr", "1e-3"], "--lr is a hyper-param"),
+    ("config-n-global", ["run", "--config", "{tmp}/s2global.toml"], "key 'n' in config file"),
+    ("config-lr-kfool", ["run", "--config", "{tmp}/kfoollr.toml"], "key 'lr' in config file"),
     ("unknown-scheme", ["run", "--scheme", "diagonal"], "'diagonal'"),
     ("unknown-method", ["run", "--methods", "tkmia,fgsm"], "'fgsm'"),
     ("unknown-group", ["run", "--groups", "unicorns"], "'unicorns'"),

@@ -175,3 +175,22 @@ def test_experiments_import_neither_the_cli_nor_the_reports() -> None:
                 continue
             for name in names:
                 assert not name.startswith(("tkmia.cli", "tkmia.reports")), (path.name, name)
+
+
+@pytest.mark.parametrize(
+    ("given", "scheme"),
+    [
+        ({"n": [2]}, "random"),
+        ({"threshold": [1]}, "random"),
+        ({"groups": ["sevens"]}, "global"),
+        ({"groups": ["sevens"], "n": [1]}, None),  # both schemes' options: both schemes
+        ({"k": [2]}, None),
+        ({"n": [2], "scheme": "both"}, "both"),
+    ],
+)
+def test_scheme_only_options_imply_their_scheme(given, scheme) -> None:
+    from tkmia.cli.consistency import apply_implications
+
+    opts = apply_implications(given, {})
+    assert opts.get("scheme") == scheme
+    assert complete(opts)["scheme"] == (scheme or "both")

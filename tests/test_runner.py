@@ -153,6 +153,55 @@ def test_other_configuration_in_the_same_folder_is_refused(tmp_path) -> None:
     assert (tmp_path / "summary.csv").read_text() == before
 
 
+def _summary_without_seconds(path) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(path.open()))
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+def test_a_folder_grows_by_new_methods_and_settings_in_any_order(tmp_path) -> None:
+    model = make_cnn()
+    data = ToyDataset(model)
+    whole = _config(samples=3)
+    run(whole, model, data, tmp_path / "whole", progress=False)
+    out = tmp_path / "grown"
+    first = RunConfig(
+        **{**whole.__dict__, "settings": whole.settings[:2], "methods": whole.methods[:1]}
+    )
+    run(first, model, data, out, progress=False)
+    tkmia_records = {p: p.read_bytes() for p in out.rglob("tkmia-*.jsonl")}
+    # the grid in another order, with one more setting and one more method
+    grown = RunConfig(
+        **{**whole.__dict__, "settings": whole.settings[::-1], "methods": whole.methods[::-1]}
+    )
+    rows = run(grown, model, data, out, progress=False)
+    # what was done is kept as it was; only what is new was attacked
+    assert {p: p.read_bytes() for p in out.rglob("tkmia-*.jsonl") if p in tkmia_records} == (
+        tkmia_records
+    )
+    assert _summary_without_seconds(out / "summary.csv") == _summary_without_seconds(
+        tmp_path / "whole" / "summary.csv"
+    )
+    assert len(rows) == len(whole.settings) * len(whole.methods)
+    config = json.loads((out / "config.json").read_text())
+    assert config["methods"] == [m.key for m in whole.methods]  # the folder's order, then new
+    # a smaller run in the folder attacks nothing new and still renders the whole folder
+    again = run(first, model, data, out, progress=False)
+    assert [r.method_key for r in again] == [r.method_key for r in rows]
+
+
+def test_an_other_folder_is_refused_before_any_data_is_read(tmp_path) -> None:
+    from tkmia.experiments.results_dir import check_compatible
+
+    model = make_cnn()
+    run(_config(samples=3), model, ToyDataset(model), tmp_path, progress=False)
+    check_compatible(tmp_path, {"samples": 3, "seed": 0, "methods": ["anything"]})
+    check_compatible(tmp_path / "new", {"samples": 99})
+    with pytest.raises(InputError, match=r"samples: 3 in the folder, 4 now; seed: 0 in"):
+        check_compatible(tmp_path, {"samples": 4, "seed": 1})
+
+
 def test_config_difference_names_each_differing_key_with_both_values() -> None:
     from tkmia.experiments.results_dir import config_difference
 

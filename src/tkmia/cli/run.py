@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.consistency import apply_implications, option_names
 from tkmia.cli.options import add_options, check_values, complete, resolve_options
 from tkmia.errors import InputError, MissingFileError
 from tkmia.experiments.builtin import (
@@ -172,6 +173,21 @@ def plan_run(opts: dict[str, Any]) -> RunPlan:
     )
 
 
+def early_config(plan: RunPlan) -> dict[str, Any]:
+    """The ``config.json`` entries known before the data is opened (to refuse a results
+    folder of another configuration at once)."""
+    from tkmia.data.factory import EVAL_SPLIT
+
+    return {
+        "dataset": plan.dataset,
+        "model": plan.model_name,
+        "samples": plan.samples,
+        "seed": plan.opts["seed"],
+        "chunk_size": plan.chunk_size or 4 * plan.batch_size,  # as RunConfig.chunk
+        "split": plan.opts.get("split") or EVAL_SPLIT.get(plan.dataset, "val"),
+    }
+
+
 def _check_classes(model_path: Path, trained: list[str], classes: list[str], dataset: str) -> None:
     if list(trained) != list(classes):
         raise InputError(
@@ -183,7 +199,7 @@ def _check_classes(model_path: Path, trained: list[str], classes: list[str], dat
 def _open(plan: RunPlan, device: str) -> tuple[Any, Any, list[Setting], str]:
     """The model, the dataset, the settings and the split; classes checked on the way."""
     from tkmia.data.digits import CLASSES as DIGITS_CLASSES
-    from tkmia.data.factory import EVAL_SPLIT, open_dataset
+    from tkmia.data.factory import open_dataset
     from tkmia.models import builtin_model, load_model
 
     opts, name, path = plan.opts, plan.dataset, plan.model_path
@@ -197,7 +213,7 @@ def _open(plan: RunPlan, device: str) -> tuple[Any, Any, list[Setting], str]:
         model, meta = load_model(path, device, num_classes=None if known is None else len(known))
         if known is not None:
             _check_classes(path, meta["classes"], known, name)
-    split = opts.get("split") or EVAL_SPLIT.get(name, "val")
+    split = early_config(plan)["split"]
     dataset = open_dataset(
         name, split, opts.get("root"), opts.get("image_size"), opts.get("csv"), seed=0
     )
@@ -235,13 +251,14 @@ def command(args: argparse.Namespace) -> int:
     import torch
 
     from tkmia.experiments.distributed import init_from_env, shutdown
+    from tkmia.experiments.results_dir import check_compatible
     from tkmia.experiments.runner import RunConfig, run
     from tkmia.experiments.selection import save_rule
     from tkmia.files import remove_stale_temporaries
-    from tkmia.reports.render import render
 
-    plan = plan_run(resolve_options(args))
+    plan = plan_run(apply_implications(resolve_options(args), option_names(args)))
     opts, out = plan.opts, plan.out
+    check_compatible(out, early_config(plan))
     dist, device = init_from_env(opts["device"])  # torchrun: join the process group
     model, dataset, settings, split = _open(plan, device)
     classes = list(dataset.classes)
@@ -263,6 +280,8 @@ def command(args: argparse.Namespace) -> int:
         flags = {"progress": opts["progress"], "skip_bad_images": opts["skip_bad_images"]}
         rows = run(config, model, dataset, out, device=device, dist=dist, **flags)
         if dist.is_main:
+            from tkmia.reports.render import render  # matplotlib: only once there is a table
+
             save_rule(out, "success", opts["select_tol"], opts["select_scope"])
             print(render(out, rows=rows, classes=classes))
             # every rank is past run()'s last barrier: none can still be writing here

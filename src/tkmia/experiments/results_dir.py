@@ -47,8 +47,59 @@ def config_difference(old: dict[str, Any], new: dict[str, Any], most: int = 3) -
 _MISSING = object()
 
 
+#: the ``config.json`` keys that list what a run covers: a rerun may name other settings or
+#: methods (in any order); what is new is attacked and added, what is done is kept
+GROWING = ("settings", "methods")
+
+
+def _mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> InputError | None:
+    """The refusal when ``new`` (any subset of a ``config.json``) differs from the folder's
+    ``old`` in a key that determines results, else None."""
+    keys = [k for k in new if k not in GROWING]
+    old_part = {k: old.get(k, _MISSING) for k in keys}
+    new_part = {k: new[k] for k in keys}
+    if old_part == new_part:
+        return None
+    return InputError(
+        f"{str(out)!r} holds results of a different run configuration "
+        f"({config_difference(old_part, new_part)}); pass another --out to start a new run "
+        "(or the same options to resume or extend it)"
+    )
+
+
+def merged_config(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The folder's ``config.json`` after a run of ``new`` in it: the settings and methods
+    the folder held, in their order, then the ones ``new`` adds."""
+    merged = dict(old)
+    for key in GROWING:
+        merged[key] = list(dict.fromkeys([*old.get(key, []), *new.get(key, [])]))
+    return merged
+
+
+def check_compatible(out: Path, partial: dict[str, Any]) -> None:
+    """Refuse at once (before any data is read) a folder whose ``config.json`` differs
+    from ``partial`` in one of its keys.
+
+    Args:
+        out: the results folder (it need not exist).
+        partial: the ``config.json`` entries known before the data is opened.
+
+    Raises:
+        InputError: names every differing key with both values.
+    """
+    path = out / "config.json"
+    if path.is_file():
+        error = _mismatch(out, json.loads(path.read_text()), partial)
+        if error is not None:
+            raise error
+
+
 def check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> None:
-    """Create ``out`` with ``config.json``, or make sure it holds a run of ``config``.
+    """Create ``out`` with ``config.json``, or make sure it holds runs compatible with
+    ``config`` and add ``config``'s new settings and methods to it.
+
+    Two configurations are compatible when they agree on every key but the settings and
+    methods (:data:`GROWING`); the order of those does not matter.
 
     Args:
         out: the results folder.
@@ -65,12 +116,12 @@ def check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> None
             out.mkdir(parents=True, exist_ok=True)
         if path.is_file():
             old = json.loads(path.read_text())
-            if old != config:
-                raise InputError(
-                    f"{str(out)!r} holds results of a different run configuration "
-                    f"({config_difference(old, config)}); pass another --out to start a new "
-                    "run (or the same command to resume)"
-                )
+            error = _mismatch(out, old, config)
+            if error is not None:
+                raise error
+            merged = merged_config(old, config)
+            if write and merged != old:
+                _write_json(path, merged)
             return
         if not write:
             raise InputError(f"{str(path)!r} is missing (rank 0 should have written it)")

@@ -218,8 +218,9 @@ def run(
 
     Records go to ``out/records/<setting>/<method>.jsonl`` (``.rank<r>.jsonl`` for rank
     ``r`` of a distributed run) as the run goes; a rerun with the same configuration
-    resumes where the last one stopped. ``summary.csv`` is written at the end (by rank 0)
-    from the records alone.
+    resumes where the last one stopped, and one that adds settings or methods (in any
+    order) attacks only what is new. ``summary.csv`` is written at the end (by rank 0)
+    from the folder's records alone: this run's and those of earlier runs in it.
 
     Args:
         config: what to run.
@@ -236,7 +237,8 @@ def run(
         dist: this process's place in a ``torchrun`` run (default: single process).
 
     Returns:
-        The summary rows, one per (setting, method), in run order.
+        The folder's summary rows, one per (setting, method) it holds: in the order of the
+        run that first added each (this run's order in a new folder).
 
     Raises:
         InputError: ``out`` holds another configuration or cannot be written.
@@ -260,7 +262,8 @@ def run(
         for method in config.methods:
             job.attack(plan, method)
     dist.barrier()
-    rows = collect_rows(out, config.settings, config.methods)
+    # the folder's rows: what earlier runs in it attacked as well as this run
+    rows = collect_rows(out)
     if dist.is_main:
         write_summary(out, rows)
     return rows
