@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # on a 2-core machine; Python compiles what it imports on first use instead.
 PIP_FLAGS ?= --no-compile --quiet
 
-.PHONY: run test lint clean
+.PHONY: run test lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[docs]'
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -32,5 +36,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# the documentation site (mkdocs.yml): offline, strict (a warning is an error), into site/
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results site

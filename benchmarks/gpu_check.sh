@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 7 (README, "Performance") in one call, for a machine with a
+# The GPU measurements of issue 7 (docs/performance.md) in one call, for a machine with a
 # CUDA GPU. Run by hand, never in CI:
 #
 #     bash benchmarks/gpu_check.sh                # python3 must be one that has torch

@@ -194,3 +194,26 @@ def test_scheme_only_options_imply_their_scheme(given, scheme) -> None:
     opts = apply_implications(given, {})
     assert opts.get("scheme") == scheme
     assert complete(opts)["scheme"] == (scheme or "both")
+
+
+def test_every_help_line_shows_the_default_and_the_choices() -> None:
+    """Each option of each command says its default in its help (a switch is off by
+    default, a required option has none) and, where only some values are accepted, the
+    choices; a positional argument says what it is."""
+    import argparse
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) >= {"run", "train", "report"}
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            where = f"tkmia {name} {action.option_strings or action.dest}"
+            assert action.help, where
+            if not action.option_strings or action.required:
+                continue
+            if not isinstance(action, argparse._StoreTrueAction):
+                assert "default" in action.help, where
+            if action.choices and action.metavar is not None:  # else argparse shows {a,b}
+                assert all(str(c) in action.metavar + action.help for c in action.choices), where

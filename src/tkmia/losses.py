@@ -4,8 +4,8 @@ All functions take scores ``f`` of shape ``(B, c)`` (logits of the attacked mode
 0/1 masks of the same shape. The ``*_loss`` functions return a per-sample loss ``(B,)``
 that is differentiable in ``f``; minimising it is the attack's goal. The ``*_grad``
 functions return the gradient ``(B, c)`` of a loss w.r.t. ``f`` in closed form, what the
-attacks use: a handful of ops instead of the loss's graph and its backward pass (README
-"Performance" has the measurements). They equal the gradient autograd
+attacks use: a handful of ops instead of the loss's graph and its backward pass (docs/performance.md
+has the measurements). They equal the gradient autograd
 gives for the loss, bit for bit (tested), with its choice at ties of a ``max``/``min``
 over a set (the gradient split evenly among the tied entries). At a tie at the k-th
 largest score the entries counted in the top-k are :func:`torch.topk`'s on the scores;

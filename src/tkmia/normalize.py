@@ -18,7 +18,8 @@ class Normalized(nn.Module):
 
     Args:
         net: a module taking normalised images ``(B, C, H, W)`` and returning scores ``(B, c)``.
-        mean, std: per-channel statistics (length C; std > 0, both finite).
+        mean: per-channel means (length C, finite).
+        std: per-channel standard deviations (length C, > 0 and finite).
 
     The wrapper is what attacks and measures see: input ``(B, C, H, W)`` in [0, 1], output
     logits ``(B, c)``. The statistics follow the input's device and dtype.

@@ -5,7 +5,7 @@ again and again. With glibc's default malloc settings, freed memory at the top o
 heap beyond a dynamic threshold (at most 64 MiB) is handed back to the operating system,
 and tensors above another (at most 32 MiB) get pages of their own; either way the next
 iteration's tensors land on fresh pages, and every first touch of a 4 KiB page is a page
-fault in which the kernel zeroes it (README "Performance", "Memory allocator", has the
+fault in which the kernel zeroes it (docs/performance.md, "Memory allocator", has the
 measurements).
 
 :func:`retain_freed_memory` keeps the freed memory in the process instead. Library users

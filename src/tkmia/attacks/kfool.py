@@ -46,7 +46,10 @@ class KFool(Attack):
     ``x' = (tanh(atanh(2x − 1) + (1 + overshoot)·r) + 1) / 2`` (SPEC §4.2).
 
     Args:
-        model, k, max_iter, normalize: as :class:`~tkmia.attacks.Attack`.
+        model: as :class:`~tkmia.attacks.Attack`.
+        k: as :class:`~tkmia.attacks.Attack`.
+        max_iter: as :class:`~tkmia.attacks.Attack`.
+        normalize: as :class:`~tkmia.attacks.Attack`.
         linearize: where the gradients ``g_p`` are taken. ``"image"`` (default, the paper's
             reference code ``kfool_global``): with respect to the pixels ``x'`` in [0, 1]
             that the model sees, while the step ``r`` is added in tanh space.

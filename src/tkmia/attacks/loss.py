@@ -80,7 +80,10 @@ class LossAttack(Attack):
     an SGD step with momentum 0.9 (PyTorch's SGD semantics, no dampening).
 
     Args:
-        model, k, max_iter, normalize: as :class:`~tkmia.attacks.Attack`.
+        model: as :class:`~tkmia.attacks.Attack`.
+        k: as :class:`~tkmia.attacks.Attack`.
+        max_iter: as :class:`~tkmia.attacks.Attack`.
+        normalize: as :class:`~tkmia.attacks.Attack`.
         lr: the learning rate (> 0), in tanh-space units per unit of gradient.
         lam: the penalty weight λ (>= 0; 0 turns the penalty off).
         penalty: ``"w"``: ``(λ/2)‖w‖²`` (weight decay λ on w, as the reference code);

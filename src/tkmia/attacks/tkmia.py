@@ -20,7 +20,7 @@ class TkMIA(LossAttack):
     perturbation penalty, with SGD in tanh space (see :class:`LossAttack` for the
     arguments). Every sample needs a relevant label outside S. The defaults of ``lr``,
     ``lam`` and ``max_iter`` are the ones tuned on the built-in benchmark's validation split
-    (README, "How the defaults were chosen"); tune them for another model.
+    (docs/benchmark.md, "How the defaults were chosen"); tune them for another model.
 
     Example::
 

@@ -1,7 +1,7 @@
 """A strict command line: an option the chosen run would ignore is an error, or, where
 one reading is the only sensible one, it chooses the scheme.
 
-The rules (also in ``tkmia run --help`` and the README):
+The rules (also in docs/experiments.md):
 
 - ``--groups`` applies to S1 only, ``--n`` and ``--threshold`` to S2 only. Without
   ``--scheme``, giving only S1 options implies ``--scheme global``, giving only S2 options

@@ -108,7 +108,7 @@ _METHODS = ", ".join(REGISTRY)
 RUN_OPTIONS: tuple[Option, ...] = (
     Option("config", Path, "TOML file with the same keys as the flags", in_config=False),
     Option("dataset", help="digits, voc2012, coco2014, nuswide or folder", default="digits"),
-    Option("root", Path, "the dataset's folder (see README)"),
+    Option("root", Path, "the dataset's folder (see docs/datasets.md)"),
     Option("csv", Path, "label file of a 'folder' dataset"),
     Option("split", help="split to attack", shown="val, or test for digits and nuswide"),
     Option("image_size", int, "image side in pixels", shown="the dataset's", check=POSITIVE),
@@ -254,7 +254,9 @@ def _help(option: Option) -> str:
     if default is None and option.default is not None and option.default is not False:
         value = option.default
         default = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-    return option.help + (f" (default: {default})" if default else "")
+    if option.kind is bool:
+        return option.help  # a switch: off unless given
+    return f"{option.help} (default: {default or 'none'})"
 
 
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option] = RUN_OPTIONS) -> None:

@@ -25,13 +25,14 @@ def add_parser(sub: Any) -> None:
     report.add_argument(
         "--select-tol",
         type=float,
-        help="override the run's selection tolerance (see tkmia run --select-tol)",
+        help="override the run's selection tolerance (see tkmia run --select-tol; default: "
+        "the run's, from selection.json)",
     )
     report.add_argument(
         "--select-scope",
         choices=SCOPES,
         default=None,
-        help="override the run's selection scope",
+        help="override the run's selection scope (default: the run's, from selection.json)",
     )
 
 

@@ -34,20 +34,34 @@ def add_parser(sub: Any) -> None:
         sub: the ``add_subparsers()`` object of the `tkmia` parser.
     """
     train = sub.add_parser("train", help="fine-tune a multi-label classifier")
-    train.add_argument("--dataset", required=True, help=", ".join(TRAIN_DEFAULTS))
-    train.add_argument("--root", type=Path, help="the dataset's folder (see README)")
-    train.add_argument("--csv", type=Path, help="label file of a 'folder' dataset")
-    train.add_argument("--test-csv", type=Path, help="label file of a 'folder' test split")
+    train.add_argument(
+        "--dataset", required=True, choices=list(TRAIN_DEFAULTS), help="the dataset to train on"
+    )
+    train.add_argument(
+        "--root",
+        type=Path,
+        help="the dataset's folder (see docs/datasets.md; default: none, needed by all but digits)",
+    )
+    train.add_argument("--csv", type=Path, help="label file of a 'folder' dataset (default: none)")
+    train.add_argument(
+        "--test-csv", type=Path, help="label file of a 'folder' test split (default: none)"
+    )
     train.add_argument("--arch", default=None, help="architecture " + _per_dataset(0))
-    train.add_argument("--weights", type=Path, help="local ImageNet weights (.pth/.safetensors)")
+    train.add_argument(
+        "--weights",
+        type=Path,
+        help="local ImageNet weights (.pth/.safetensors; default: none, random init)",
+    )
     train.add_argument("--epochs", type=int, help=_per_dataset(1))
     train.add_argument("--batch-size", type=int, help=_per_dataset(2))
     train.add_argument("--lr", type=float, help=_per_dataset(3))
     train.add_argument("--optimizer", choices=["adam", "sgd"], help=_per_dataset(4))
-    train.add_argument("--image-size", type=int, help="image side in pixels")
+    train.add_argument(
+        "--image-size", type=int, help="image side in pixels (default: the dataset's)"
+    )
     train.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
-    train.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument(
         "--out",
         type=Path,

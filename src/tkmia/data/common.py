@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 
 from tkmia.errors import BadImageError, InputError, MissingFileError
 
-#: where the README explains every layout.
-LAYOUT_HINT = "see README 'Datasets'"
+#: where docs/datasets.md explains every layout.
+LAYOUT_HINT = "see docs/datasets.md"
 
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
 

@@ -2,7 +2,7 @@
 
 Each method's default hyper-parameters live in the method registry
 (:mod:`tkmia.experiments.methods`), chosen once on the *validation* split of the built-in
-dataset with the grid command in the README ("How the defaults were chosen"), never on the
+dataset with the grid command in docs/benchmark.md ("How the defaults were chosen"), never on the
 test split that the benchmark reports.
 """
 
@@ -17,8 +17,8 @@ DEFAULT_N = [1, 2]
 DEFAULT_SAMPLES = {"digits": 200}
 FALLBACK_SAMPLES = 1000
 #: images optimised at once: for the built-in dataset a working set that holds a whole
-#: setting (200 images), since on a CPU its model runs as fast at 256 as at 64 (README
-#: "Experiments at paper scale", "Batching"); elsewhere 64 keeps a ResNet at 448 px within
+#: setting (200 images), since on a CPU its model runs as fast at 256 as at 64 (docs/experiments.md,
+#: "Batching"); elsewhere 64 keeps a ResNet at 448 px within
 #: a GPU's memory.
 DEFAULT_BATCH_SIZE = {"digits": 256}
 FALLBACK_BATCH_SIZE = 64

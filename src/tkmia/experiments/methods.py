@@ -10,7 +10,7 @@ The defaults were chosen once on the *validation* split of the built-in dataset 
 per setting, all 8 settings of the benchmark) from lr in {1e-3, 5e-4, 1e-4, 5e-5}
 (SPEC §5) × max_iter in {100, 300}, λ = 1e-3, by one rule for every method: the highest
 mean success rate; among the configurations within 0.01 of it, the smallest mean APer
-(`tkmia run --select-scope all`, README "How the defaults were chosen"). λ = 5e-5
+(`tkmia run --select-scope all`, docs/benchmark.md "How the defaults were chosen"). λ = 5e-5
 instead of 1e-3 changed the mean success rate and APer by at most 0.002 (checked for TkMIA
 and TkML-AP-U at lr 1e-4 and 5e-4, max_iter 300: the penalty's gradient λw is tiny next
 to the loss's), so λ stays at 1e-3.

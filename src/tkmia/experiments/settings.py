@@ -178,7 +178,9 @@ def check_setting_grid(
 
     Args:
         schemes: ``["global"]``, ``["random"]`` or both.
-        ks, ns, thresholds: the grid's values (``[None]``: the default threshold, ``t = n``).
+        ks: the grid's k values.
+        ns: the grid's n values (S2).
+        thresholds: the grid's thresholds (``[None]``: the default threshold, ``t = n``).
 
     Raises:
         InputError: a scheme is unknown, k < 1, n is not in [1, k], a threshold is not in
@@ -209,7 +211,8 @@ def setting_grid(
         schemes: ``["global"]``, ``["random"]`` or both.
         ks: the k values; for each, its S1 settings come before its S2 settings.
         groups: S1 label groups: built-in group names or label names joined by ``+``.
-        ns, thresholds: the S2 values (``[None]``: the default threshold, ``t = n``).
+        ns: the S2 values of n.
+        thresholds: the S2 thresholds (``[None]``: the default threshold, ``t = n``).
         dataset: the dataset's name (for its built-in groups and the messages).
         classes: the dataset's label names, ``c = len(classes)``.
 

@@ -7,7 +7,7 @@ about 3 M multiply-adds, so an attack iteration (forward and backward) on a batc
 at thousands of images per second on two cores.
 
 The shipped weights are ``tkmia/models/weights/digits_cnn.safetensors`` (+ ``.json``),
-written by ``tkmia train --dataset digits`` (see README, "The built-in model").
+written by ``tkmia train --dataset digits`` (see docs/benchmark.md, the built-in model).
 :func:`builtin_model` returns the network for inference and attacks, with every
 BatchNorm folded into the convolution before it (the same function up to float rounding,
 about 1e-5 on the logits, and cheaper to attack) and in
