@@ -181,7 +181,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "out",
         Path,
-        "results folder; rerunning the same command resumes",
+        "results folder; rerunning resumes, and more settings or methods extend it",
         shown="results/<dataset>-<model>",
     ),
     Option("no_progress", bool, "no progress bars", in_config=False),
