@@ -75,7 +75,7 @@ class UniversalConfig:
     def as_json(self) -> dict[str, Any]:
         """The ``config.json`` object."""
         data = asdict(self)
-        data["settings"] = [{"k": s.k, "group": s.group, "labels": s.group_indices}
+        data["settings"] = [{"k": s.k, "group": s.group, "labels": list(s.group_indices or ())}
                             for s in self.settings]  # fmt: skip
         return data | data.pop("extra")
 
