@@ -227,5 +227,7 @@ def test_cli_fits_evaluates_writes_and_resumes(tmp_path: Path, capsys, small_val
     assert "| TkMIA | 3 |" in (out / "summary.md").read_text()
     first = (out / "summary.csv").read_text()
     capsys.readouterr()
+    assert main(["report", str(out)]) == 2  # a `tkmia run` renderer would crash on it
+    assert "holds tkmia universal results" in capsys.readouterr().err
     assert main(argv) == 0  # the same command again reads the finished fit back
     assert (out / "summary.csv").read_text() == first

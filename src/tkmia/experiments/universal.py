@@ -73,11 +73,12 @@ class UniversalConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        """The ``config.json`` object."""
+        """The ``config.json`` object (``"command": "universal"`` tells it from a
+        `tkmia run` folder)."""
         data = asdict(self)
         data["settings"] = [{"k": s.k, "group": s.group, "labels": list(s.group_indices or ())}
                             for s in self.settings]  # fmt: skip
-        return data | data.pop("extra")
+        return {"command": "universal"} | data | data.pop("extra")
 
 
 @dataclass(frozen=True)
