@@ -20,6 +20,7 @@ from tkmia.errors import InputError
 from tkmia.experiments.settings import Setting
 from tkmia.experiments.universal import UniversalConfig, run_universal
 from tkmia.losses import tkmia_loss
+from tkmia.metrics import ndcg_at_k, topk_accuracy
 
 from _toys import TopKDataset, make_cnn, make_problem
 
@@ -126,6 +127,14 @@ def test_evaluate_equals_scoring_the_clipped_images_by_hand(problem) -> None:
     assert res.success.tolist() == expected
     assert 0 < sum(expected) < len(expected)  # both outcomes occur: the rule is exercised
     assert res.required.tolist() == [1] * 24 + [2] * 24
+    m = res.measures
+    assert torch.equal(m["ndcg_at_k_adv"], ndcg_at_k(res.adv_scores, labels, K))
+    assert torch.equal(m["tkacc_clean"], topk_accuracy(res.clean_scores, labels, K))
+    assert m["delta_n"].tolist() == [
+        len(set(torch.nonzero(spec[i]).flatten().tolist()) & set(s.topk(K).indices.tolist()))
+        - len(set(torch.nonzero(spec[i]).flatten().tolist()) & set(a.topk(K).indices.tolist()))
+        for i, (s, a) in enumerate(zip(clean_scores, adv_scores, strict=True))
+    ]
 
 
 def test_resume_after_an_interrupted_fit_gives_the_uninterrupted_delta(

@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,16 @@ from tkmia.attacks.result import AttackResult
 from tkmia.errors import InputError, MissingFileError
 from tkmia.files import atomic_path, write_text_atomic
 from tkmia.losses import tkmia_loss, tkmlap_loss
-from tkmia.metrics import removed_count
+from tkmia.metrics import (
+    ap_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    removed_count,
+    topk_accuracy,
+)
 from tkmia.normalize import Normalized
 
-__all__ = ["OBJECTIVES", "Universal", "load_delta", "project_l2"]
+__all__ = ["OBJECTIVES", "Universal", "UniversalResult", "load_delta", "project_l2"]
 
 #: objective name → per-sample loss ``(scores (n, c), labels, specified, k) -> (n,)``: TkMIA
 #: (hide ``S``, promote ``R``), TkML-AP-U (push all of ``Y`` out: the untargeted baseline)
@@ -50,6 +57,12 @@ OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], 
 _FIT_KEYS = ("k", "eps", "objective", "lr", "epochs", "batch_size", "seed", "shape", "n_fit")
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+_MEASURES = {
+    "tkacc": topk_accuracy,
+    "p_at_k": precision_at_k,
+    "map_at_k": ap_at_k,
+    "ndcg_at_k": ndcg_at_k,
+}
 
 
 def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -73,6 +86,30 @@ def load_delta(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
         delta, epoch = fh.get_tensor("delta"), int(fh.metadata()["epoch"])
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
     return delta, meta | {"epoch": epoch}
+
+
+@dataclass
+class UniversalResult(AttackResult):
+    """:class:`AttackResult` of :meth:`Universal.evaluate`, with the relevant labels.
+
+    Attributes:
+        labels: ``(B, c)`` bool, the relevant labels Y.
+        k: the top-k the measures are taken at.
+    """
+
+    labels: torch.Tensor | None = None
+    k: int | None = None
+
+    @property
+    def measures(self) -> dict[str, torch.Tensor]:
+        """Per image ``(B,)``: ``<measure>_clean`` and ``<measure>_adv`` for TkAcc, P@k,
+        AP@k and NDCG@k (SPEC §2, ``k`` the evaluation's), and ``delta_n`` (ΔN)."""
+        assert self.labels is not None and self.k is not None
+        out = {"delta_n": removed_count(self.clean_scores, self.adv_scores, self.specified, self.k)}
+        for name, fn in _MEASURES.items():
+            out[f"{name}_clean"] = fn(self.clean_scores, self.labels, self.k)
+            out[f"{name}_adv"] = fn(self.adv_scores, self.labels, self.k)
+        return out
 
 
 class Universal:
@@ -237,7 +274,7 @@ class Universal:
         images: torch.Tensor,
         labels: torch.Tensor,
         specified: torch.Tensor,
-    ) -> AttackResult:
+    ) -> UniversalResult:
         """Apply δ to every image and judge it with the S1 rule (SPEC §5).
 
         Args:
@@ -246,11 +283,11 @@ class Universal:
                 needs a specified label in its clean top-k (S1 eligibility).
 
         Returns:
-            An :class:`AttackResult`: ``adv_images = clip(images + δ, 0, 1)``, ``success``
+            A :class:`UniversalResult`: ``adv_images = clip(images + δ, 0, 1)``, ``success``
             (every specified label in the clean top-k has left it: ``ΔN >= required``), the
-            clean and adversarial scores, ``specified``, ``required`` and ``iterations``
-            (the epochs of the fit, the same for every image). The measures follow from the
-            scores (:mod:`tkmia.metrics`; :func:`tkmia.experiments.records.make_records`).
+            clean and adversarial scores, ``specified``, ``required``, ``iterations``
+            (the epochs of the fit, the same for every image), ``labels`` and the
+            per-image ``measures`` before and after.
 
         Raises:
             InputError: bad inputs, a δ of another shape, or an ineligible image.
@@ -267,7 +304,7 @@ class Universal:
         required, _ = required_removals(clean, specified_, self.k, None)
         success = removed_count(clean, adv_scores, specified_, self.k) >= required
         b = images.shape[0]
-        return AttackResult(
+        return UniversalResult(
             adv_images=adv,
             success=success,
             iterations=torch.full((b,), self.epochs, dtype=torch.long, device=images.device),
@@ -275,6 +312,8 @@ class Universal:
             adv_scores=adv_scores,
             specified=specified_,
             required=required,
+            labels=labels_,
+            k=self.k,
         )
 
 
