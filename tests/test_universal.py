@@ -240,3 +240,19 @@ def test_cli_fits_evaluates_writes_and_resumes(tmp_path: Path, capsys, small_val
     assert "holds tkmia universal results" in capsys.readouterr().err
     assert main(argv) == 0  # the same command again reads the finished fit back
     assert (out / "summary.csv").read_text() == first
+
+
+def test_config_file_keys_are_the_universal_flags(tmp_path: Path) -> None:
+    from tkmia.cli.options import UNIVERSAL_OPTIONS, check_values, complete, load_config
+
+    path = tmp_path / "u.toml"
+    path.write_text('eps = 3\nfit-samples = 50\nobjectives = ["tkmlapu"]\n')
+    opts = complete(load_config(path, UNIVERSAL_OPTIONS), UNIVERSAL_OPTIONS)
+    assert opts["eps"] == [3] and opts["fit_samples"] == 50 and opts["objectives"] == ["tkmlapu"]
+    assert opts["lr"] == 0.1 and opts["epochs"] == 10 and opts["k"] == [2, 3]  # the defaults
+    check_values(opts, UNIVERSAL_OPTIONS)
+    path.write_text("methods = ['tkmia']\n")  # a `tkmia run` key
+    with pytest.raises(InputError, match=r"unknown keys \['methods'\]"):
+        load_config(path, UNIVERSAL_OPTIONS)
+    with pytest.raises(InputError, match="--lr must be a positive number"):
+        check_values({"lr": 0.0}, UNIVERSAL_OPTIONS)
