@@ -1,7 +1,8 @@
 """Attacks on top-k multi-label classifiers, all batched and sharing one engine.
 
 Layout: :mod:`~tkmia.attacks.base` (the :class:`Attack` base class and its hooks),
-:mod:`~tkmia.attacks.loss` (:class:`LossAttack`, SGD in tanh space), one module per attack,
+:mod:`~tkmia.attacks.loss` (:class:`LossAttack`, SGD in tanh space), one module per attack
+(:mod:`~tkmia.attacks.universal`: one perturbation for every image),
 and the engine's parts: :mod:`~tkmia.attacks.loop` (the optimisation loop),
 :mod:`~tkmia.attacks.queue` (the scheduling of a stream of chunks),
 :mod:`~tkmia.attacks.state` (per-sample state), :mod:`~tkmia.attacks.pixels` (the tanh
@@ -17,6 +18,7 @@ from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
 from tkmia.attacks.tkmia import TkMIA
 from tkmia.attacks.tkmlapu import TkMLAPU
+from tkmia.attacks.universal import Universal
 
 __all__ = [
     "MLCWU",
@@ -27,4 +29,5 @@ __all__ = [
     "SampleState",
     "TkMIA",
     "TkMLAPU",
+    "Universal",
 ]

@@ -1,4 +1,4 @@
-"""The `tkmia` command line: `tkmia run`, `tkmia train`, `tkmia report`.
+"""The `tkmia` command line: `tkmia run`, `tkmia train`, `tkmia report`, `tkmia universal`.
 
 One module per command (:mod:`tkmia.cli.run`, :mod:`tkmia.cli.train`,
 :mod:`tkmia.cli.report`), each with ``add_parser(sub)`` and ``command(args) -> int``.
@@ -21,7 +21,7 @@ __all__ = ["EXIT_USAGE", "build_parser", "main"]
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: the subcommands, in the order of `tkmia --help`
-COMMANDS = ("run", "train", "report")
+COMMANDS = ("run", "train", "report", "universal")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("run", "train"):
+        if args.command in ("run", "train", "universal"):
             from tkmia.runtime import retain_freed_memory
 
             retain_freed_memory()  # no page faults on every iteration's tensors

@@ -10,12 +10,14 @@ The hyper-parameter options come from the method registry's
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tkmia.attacks.universal import OBJECTIVES, Universal
 from tkmia.errors import InputError, MissingFileError
 from tkmia.experiments.builtin import (
     DEFAULT_BATCH_SIZE,
@@ -212,6 +214,37 @@ OPTIONS = {option.name: option for option in RUN_OPTIONS}
 #: keys accepted in a --config TOML file (the flags' names with '_' for '-')
 CONFIG_KEYS = frozenset(option.name for option in RUN_OPTIONS if option.in_config)
 
+_UNIVERSAL = {
+    name: p.default for name, p in inspect.signature(Universal).parameters.items()
+}  # the attack's keyword defaults: one source of truth
+_POSITIVE_NUMBER = Check("a positive number", lambda v: _of_kind(float, v) and v > 0)
+#: every option of `tkmia universal`: the shared ones of `tkmia run`, then its own
+UNIVERSAL_OPTIONS: tuple[Option, ...] = (
+    *(OPTIONS[name] for name in ("config", "dataset", "root", "csv", "image_size", "model")),
+    Option("split", help="split δ is evaluated on", shown="val, or test for digits and nuswide"),
+    Option("fit_split", help="split δ is fitted on", shown="train"),
+    *(OPTIONS[name] for name in ("k", "groups")),
+    Option("eps", float, "L2 radii of δ (pixels in [0, 1])", many=True,
+           default=[1.0, 2.0, 4.0, 8.0], check=_POSITIVE_NUMBER),
+    Option("objectives", help="tkmia (universal TkMIA), tkmlapu (untargeted baseline)",
+           many=True, default=list(OBJECTIVES), choices=tuple(OBJECTIVES)),
+    Option("fit_samples", int, "eligible images δ is fitted on (the first)", default=2000,
+           check=POSITIVE),
+    Option("samples", int, "eligible images evaluated (the first)", default=1000, check=POSITIVE),
+    Option("lr", float, "step length as a fraction of eps", default=_UNIVERSAL["lr"],
+           check=_POSITIVE_NUMBER),
+    Option("epochs", int, "passes over the fitting images", default=_UNIVERSAL["epochs"],
+           check=POSITIVE),
+    Option("batch_size", int, "images per minibatch", default=_UNIVERSAL["batch_size"],
+           check=POSITIVE),
+    OPTIONS["device"],
+    Option("seed", int, "random seed (the fit's minibatch order)", default=0, check=NON_NEGATIVE),
+    OPTIONS["examples"],
+    Option("out", Path, "results folder; rerunning the same command resumes",
+           shown="results/universal-<dataset>-<model>"),
+    OPTIONS["no_progress"],
+)  # fmt: skip
+
 _KIND_WORDS = {
     str: "a string",
     Path: "a string",
@@ -286,11 +319,12 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option] = RUN
         parser.add_argument(option.flag, *option.aliases, **kwargs)
 
 
-def load_config(path: Path) -> dict[str, Any]:
+def load_config(path: Path, options: Sequence[Option] = RUN_OPTIONS) -> dict[str, Any]:
     """The options a TOML config file sets, typed like the flags.
 
     Args:
         path: the TOML file; keys are option names (``max_iter`` or ``max-iter``).
+        options: the command's option table.
 
     Returns:
         ``{config key: value}``: list options as lists (a single value becomes a
@@ -311,14 +345,15 @@ def load_config(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"config file {str(path)!r} is not valid TOML: {err}") from None
     data = {key.replace("-", "_"): value for key, value in data.items()}
-    unknown = sorted(set(data) - CONFIG_KEYS)
+    table = {option.name: option for option in options}
+    keys = {option.name for option in options if option.in_config}
+    unknown = sorted(set(data) - keys)
     if unknown:
         raise InputError(
-            f"config file {str(path)!r} has unknown keys {unknown}; "
-            f"expected some of {sorted(CONFIG_KEYS)}"
+            f"config file {str(path)!r} has unknown keys {unknown}; expected some of {sorted(keys)}"
         )
     for key, value in data.items():
-        option = OPTIONS[key]
+        option = table[key]
         if option.many and not isinstance(value, list):
             value = data[key] = [value]
         for item in value if option.many else [value]:
@@ -332,11 +367,14 @@ def load_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
+def resolve_options(
+    args: argparse.Namespace, options: Sequence[Option] = RUN_OPTIONS
+) -> dict[str, Any]:
     """Merge the config file (if any) and the flags; flags win.
 
     Args:
         args: the parsed `run` command line.
+        options: the command's option table.
 
     Returns:
         ``{config key: value}`` for the options given, plus ``"progress"``: whether to show
@@ -346,8 +384,8 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         MissingFileError, InputError: see :func:`load_config`.
     """
-    opts = load_config(args.config) if args.config else {}
-    for key in CONFIG_KEYS:
+    opts = load_config(args.config, options) if args.config else {}
+    for key in (option.name for option in options if option.in_config):
         value = getattr(args, key, None)
         if value is not None:
             opts[key] = value
@@ -355,7 +393,7 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def complete(opts: dict[str, Any]) -> dict[str, Any]:
+def complete(opts: dict[str, Any], options: Sequence[Option] = RUN_OPTIONS) -> dict[str, Any]:
     """``opts`` with the table's defaults for the options not given.
 
     An empty list counts as not given. Options whose default depends on others
@@ -363,29 +401,32 @@ def complete(opts: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         opts: as :func:`resolve_options` returns them.
+        options: the command's option table.
 
     Returns:
         A new dict (list defaults are copies).
     """
     defaults = {
         option.name: list(option.default) if option.many else option.default
-        for option in RUN_OPTIONS
+        for option in options
         if option.default is not None and option.in_config
     }
     return defaults | {key: value for key, value in opts.items() if value != []}
 
 
-def check_values(opts: dict[str, Any]) -> None:
+def check_values(opts: dict[str, Any], options: Sequence[Option] = RUN_OPTIONS) -> None:
     """Check each given value against its option's choices and range.
 
     Args:
         opts: as :func:`resolve_options` or :func:`complete` return them.
+        options: the command's option table.
 
     Raises:
         InputError: ``--<flag> must be <expected>, got <value>`` for the first bad value.
     """
+    table = {option.name: option for option in options}
     for key, value in opts.items():
-        option = OPTIONS.get(key)
+        option = table.get(key)
         if option is None or value is None:
             continue
         for item in value if option.many else [value]:

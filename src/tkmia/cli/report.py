@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,14 @@ def command(args: argparse.Namespace) -> int:
     if not (out / "config.json").is_file() and not (out / "summary.csv").is_file():
         raise InputError(
             f"{str(out)!r} is not a tkmia results folder (no config.json and no summary.csv)"
+        )
+    config = out / "config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("command") == (
+        "universal"
+    ):
+        raise InputError(
+            f"{str(out)!r} holds tkmia universal results; rerun the same tkmia universal "
+            "command to rewrite its tables and figures (finished fits are read back)"
         )
     tol, scope = args.select_tol, args.select_scope
     if tol is not None or scope is not None:
