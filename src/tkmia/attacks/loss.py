@@ -148,15 +148,15 @@ class LossAttack(Attack):
         assert isinstance(state, SGDState)
         w = state.v
         d_scores = self.objective_grad(scores.detach(), state)
-        outputs: list[torch.Tensor]
-        grads: list[torch.Tensor | None]
         if d_scores is None:
-            outputs, grads = [self.objective(scores, state).sum()], [None]
+            total = self.objective(scores, state).sum()
         else:
-            outputs, grads = [scores], [d_scores]
+            # <scores, d_scores> has gradient d_scores w.r.t. the scores, exactly; a scalar
+            # output also keeps autograd from importing sympy, which passing d_scores as
+            # grad_outputs does (seconds on the first call, see benchmarks/cold_start.py)
+            total = (scores * d_scores).sum()
         if self.penalty == "pixel" and self.lam > 0:
-            outputs.append(0.5 * self.lam * (x_adv - state.x0).pow(2).sum())
-            grads.append(None)
-        (grad,) = torch.autograd.grad(outputs, w, grads)
+            total = total + 0.5 * self.lam * (x_adv - state.x0).pow(2).sum()
+        (grad,) = torch.autograd.grad(total, w)
         decay = self.lam if self.penalty == "w" else 0.0
         return self.constrain(sgd_step(w.detach(), grad, state.momentum, self.lr, decay), state)
