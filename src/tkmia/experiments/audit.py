@@ -24,9 +24,11 @@ configuration) with ``n`` records and a monitor batch of ``N`` images:
 - **AUROC** (label-free statistics): clean against adversarial values of the ``n`` images,
   ties counted one half, reported as ``max(AUC, 1 − AUC)``.
 
-The draws of a batch size come from ``numpy.random.default_rng([seed, N, n])``, so every
-method and statistic of a setting sees the same batches (their comparison has no
-bootstrap noise between them) and an audit never depends on which other groups a folder
+The draws come from ``numpy.random.default_rng([seed, n, 0])`` (thresholds) and
+``[seed, n, 1]`` (power), column by column: the batch of ``N`` is the first ``N`` draws
+of the batch of the largest ``N``, so a batch size's numbers do not depend on the others,
+every method and statistic of a setting sees the same batches (their comparison has no
+bootstrap noise between them), and an audit never depends on which other groups a folder
 holds. Nothing loops over draws.
 """
 
@@ -51,7 +53,7 @@ ALPHA = 0.05
 #: the power a monitor must reach for p80
 TARGET_POWER = 0.8
 #: bootstrap batches per N for the power, and for the clean thresholds
-DRAWS, THRESHOLD_DRAWS = 1000, 5000
+DRAWS, THRESHOLD_DRAWS = 1000, 3000
 #: the grid of attacked fractions p
 P_GRID = np.round(np.arange(101) / 100, 2)
 #: the fractions whose power audit.csv reports
@@ -203,6 +205,77 @@ def _alarm_rate(means: np.ndarray, q: np.ndarray, gamma: np.ndarray, upper: bool
     return rate
 
 
+def _reference_means(
+    clean: np.ndarray, ref_idx: np.ndarray, batch_sizes: list[int]
+) -> dict[int, np.ndarray]:
+    """``{N: (S, T)}``: the means of every statistic over the first ``N`` draws of each
+    row of ``ref_idx`` ``(T, top)``, as image counts ``(T, n)`` times values ``(n, S)``."""
+    draws, n = ref_idx.shape[0], clean.shape[1]
+    rows = np.arange(draws)[:, None] * n
+    counts = np.zeros((draws, n))
+    out, start = {}, 0
+    for batch in batch_sizes:  # ascending: each adds its segment's counts
+        segment = (rows + ref_idx[:, start:batch]).ravel()
+        counts += np.bincount(segment, minlength=draws * n).reshape(draws, n)
+        out[batch] = (counts @ clean.T).T / batch
+        start = batch
+    return out
+
+
+def power_by_batch(
+    clean: np.ndarray,
+    adv: np.ndarray,
+    two_sided: np.ndarray,
+    attacked: dict[int, np.ndarray],
+    seed: int = 0,
+    draws: int = DRAWS,
+    threshold_draws: int = THRESHOLD_DRAWS,
+    alpha: float = ALPHA,
+) -> dict[int, np.ndarray]:
+    """The power of each statistic's monitor with ``m`` attacked images in a batch of ``N``.
+
+    The batches of every ``N`` are the first ``N`` draws of the same sequences, drawn
+    column by column, so the draws of one ``N`` do not depend on the other batch sizes.
+
+    Args:
+        clean: ``(S, n)`` clean values of ``n`` images, one row per statistic.
+        adv: ``(G, S, n)``: their adversarial values under ``G`` attacks of the same
+            images (which share every bootstrap batch).
+        two_sided: ``(S,)`` bool: alarm on both sides (else only when the mean drops).
+        attacked: ``{N: the numbers m of attacked images to evaluate, each in 0..N}``.
+        seed: the bootstrap's seed (with ``n``).
+        draws, threshold_draws: bootstrap batches for the power and for the thresholds.
+        alpha: the false-alarm rate on clean batches.
+
+    Returns:
+        ``{N: (G, S, len(attacked[N]))}``: the power at each ``m``.
+    """
+    n, top = clean.shape[1], max(attacked)
+    ref_idx = np.random.default_rng([seed, n, 0]).integers(0, n, size=(top, threshold_draws))
+    references = _reference_means(clean, np.ascontiguousarray(ref_idx.T), sorted(attacked))
+    idx = np.random.default_rng([seed, n, 1]).integers(0, n, size=(top, draws))
+    idx = np.ascontiguousarray(idx.T)  # (R, top)
+    lower = np.where(two_sided, alpha / 2, alpha)
+    power = {b: np.zeros(adv.shape[:-1] + (len(m),)) for b, m in attacked.items()}
+    for s in range(clean.shape[0]):  # a few statistics; the draws are vectorised
+        # column 0 the clean values, then the adversarial ones of each attack: (n, 1 + G)
+        table = np.concatenate([clean[s][:, None], adv[:, s].T], axis=1)
+        drawn = table[idx]  # (R, top, 1 + G)
+        np.cumsum(drawn, axis=1, out=drawn)  # sums of the first j + 1 draws
+        for batch, m in attacked.items():
+            ref = references[batch][s : s + 1]  # (1, T) clean batch means
+            cum = np.where((m > 0)[None, :, None], drawn[:, np.maximum(m - 1, 0)], 0.0)
+            clean_rest = drawn[:, batch - 1, :1] - cum[:, :, 0]  # (R, M): the clean part
+            means = ((cum[:, :, 1:] + clean_rest[:, :, None]) / batch).transpose(2, 0, 1)
+            q, gamma = _tail(ref, lower[s : s + 1], upper=False)
+            rate = _alarm_rate(means[:, None], q, gamma, upper=False)[:, 0]
+            if two_sided[s]:
+                q, gamma = _tail(ref, np.array([alpha / 2]), upper=True)
+                rate += _alarm_rate(means[:, None], q, gamma, upper=True)[:, 0]
+            power[batch][:, s] = rate
+    return power
+
+
 def power_curves(
     clean: np.ndarray,
     adv: np.ndarray,
@@ -212,48 +285,15 @@ def power_curves(
     draws: int = DRAWS,
     threshold_draws: int = THRESHOLD_DRAWS,
     alpha: float = ALPHA,
-    attacked: np.ndarray | None = None,
+    attacked: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """The power of each statistic's monitor with ``m`` attacked images in a batch.
-
-    Args:
-        clean: ``(S, n)`` clean values of ``n`` images, one row per statistic.
-        adv: ``(S, n)`` or ``(G, S, n)``: their adversarial values (under ``G`` attacks
-            of the same images, which then share every bootstrap batch).
-        two_sided: ``(S,)`` bool: alarm on both sides (else only when the mean drops).
-        batch: the batch size ``N``.
-        seed: the bootstrap's seed (with ``N`` and ``n``).
-        draws, threshold_draws: bootstrap batches for the power and for the thresholds.
-        alpha: the false-alarm rate on clean batches.
-        attacked: the numbers ``m`` of attacked images to evaluate (default ``0..N``).
-
-    Returns:
-        ``adv.shape[:-1] + (len(attacked),)``: the power at each ``m``.
-    """
-    n, single = clean.shape[1], adv.ndim == 2
-    adv = adv[None] if single else adv
+    """:func:`power_by_batch` for one batch size and one attack: ``clean`` and ``adv``
+    ``(S, n)``; returns ``(S, len(attacked))`` (default ``m = 0..batch``)."""
     m = np.arange(batch + 1) if attacked is None else np.asarray(attacked)
-    rng = np.random.default_rng([seed, batch, n])
-    ref_idx = rng.integers(0, n, size=(threshold_draws, batch))
-    idx = rng.integers(0, n, size=(draws, batch))
-    lower = np.where(two_sided, alpha / 2, alpha)
-    power = np.zeros(adv.shape[:-1] + (len(m),))
-    for s in range(clean.shape[0]):  # a few statistics; the draws are vectorised
-        ref = clean[s][ref_idx].mean(axis=1)[None]  # (1, T) clean batch means
-        # column 0 the clean values, then the adversarial ones of each attack: (n, 1 + G)
-        table = np.concatenate([clean[s][:, None], adv[:, s].T], axis=1)
-        drawn = table[idx]  # (R, N, 1 + G)
-        total = drawn[:, :, 0].sum(axis=1)[:, None]  # (R, 1): all-clean batch sums
-        np.cumsum(drawn, axis=1, out=drawn)
-        cum = np.where((m > 0)[None, :, None], drawn[:, np.maximum(m - 1, 0)], 0.0)
-        means = ((cum[:, :, 1:] + (total - cum[:, :, 0])[:, :, None]) / batch).transpose(2, 0, 1)
-        q, gamma = _tail(ref, lower[s : s + 1], upper=False)
-        rate = _alarm_rate(means[:, None], q, gamma, upper=False)[:, 0]
-        if two_sided[s]:
-            q, gamma = _tail(ref, np.array([alpha / 2]), upper=True)
-            rate += _alarm_rate(means[:, None], q, gamma, upper=True)[:, 0]
-        power[:, s] = rate
-    return power[0] if single else power
+    curves = power_by_batch(
+        clean, adv[None], two_sided, {batch: m}, seed, draws, threshold_draws, alpha
+    )
+    return curves[batch][0]
 
 
 def audit_groups(
@@ -272,17 +312,16 @@ def audit_groups(
     clusters: dict[tuple[str, bytes], list[int]] = {}
     for i, group in enumerate(groups):
         clusters.setdefault((group.setting.key, group.clean.tobytes()), []).append(i)
+    grid = {b: np.floor(P_GRID * b + 0.5).astype(int) for b in batch_sizes}
     power: dict[tuple[int, int], np.ndarray] = {}
     for members in clusters.values():
-        clean = groups[members[0]].clean
         adv = np.stack([groups[i].adv for i in members])
+        curves = power_by_batch(
+            groups[members[0]].clean, adv, two_sided, grid, seed, draws, threshold_draws
+        )
         for batch in batch_sizes:
-            attacked = np.floor(P_GRID * batch + 0.5).astype(int)
-            curves = power_curves(
-                clean, adv, two_sided, batch, seed, draws, threshold_draws, attacked=attacked
-            )
             for j, i in enumerate(members):
-                power[i, batch] = curves[j]
+                power[i, batch] = curves[batch][j]
     rows = []
     for i, group in enumerate(groups):
         areas = auroc(group.clean, group.adv)
@@ -325,4 +364,4 @@ def audit(
     """
     check_audit_options(batch_sizes, draws)
     groups = read_groups(out)
-    return audit_groups(groups, batch_sizes, seed, draws, 5 * draws), groups
+    return audit_groups(groups, batch_sizes, seed, draws, 3 * draws), groups
