@@ -79,13 +79,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--settings", type=int, default=20)
-    parser.add_argument("--out", type=Path, help="where to build the folder (default: a temp dir)")
+    parser.add_argument(
+        "--out", type=Path, help="where to build the folder (default: a temp dir; reused if built)"
+    )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="tkmia-audit-")) / "results"
     start = time.perf_counter()
-    build_folder(out, args.images, args.settings)
-    print(f"built {out}: {args.images} images x 4 methods x {args.settings} settings "
-          f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    if (out / "config.json").is_file():
+        print(f"reusing {out} (delete it to rebuild)")
+    else:
+        build_folder(out, args.images, args.settings)
+        print(f"built {out}: {args.images} images x 4 methods x {args.settings} settings "
+              f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
     start = time.perf_counter()
     groups = read_groups(out)
     read = time.perf_counter() - start
