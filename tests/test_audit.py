@@ -13,6 +13,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from tkmia.cli import main
+from tkmia.cli.run import _audit as run_audit
 from tkmia.experiments.audit import (
     P_GRID,
     STATISTICS,
@@ -170,3 +171,5 @@ def test_records_without_the_statistics_name_the_columns(results, tmp_path, caps
     assert "['margin_adv', 'margin_clean']" in err and "new --out folder" in err
     assert main(["audit", str(tmp_path / "missing")]) == 2
     assert "not a tkmia results folder" in capsys.readouterr().err
+    run_audit(old)  # the end of `tkmia run` on such a folder: a warning, not a failed run
+    assert capsys.readouterr().err.startswith("tkmia run: warning: no audit: the records of")
