@@ -207,6 +207,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "skip and count unreadable images instead of stopping",
         default=False,
     ),
+    Option(
+        "no_audit", bool, "skip the defender's audit at the end (see tkmia audit)", default=False
+    ),
 )
 
 #: the options by config key

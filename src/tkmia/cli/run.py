@@ -236,7 +236,8 @@ def _announce(plan: RunPlan, config: Any, dataset: Any, dist: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    """Run `tkmia run`: attack, write the records, tables and figures.
+    """Run `tkmia run`: attack, write the records, tables and figures, and the audit
+    (unless ``--no-audit``).
 
     Args:
         args: the parsed command line.
@@ -284,6 +285,8 @@ def command(args: argparse.Namespace) -> int:
 
             save_rule(out, "success", opts["select_tol"], opts["select_scope"])
             print(render(out, rows=rows, classes=classes))
+            if not opts["no_audit"]:
+                _audit(out)
             # every rank is past run()'s last barrier: none can still be writing here
             remove_stale_temporaries(out)
             print(f"results: {out}")
@@ -292,6 +295,18 @@ def command(args: argparse.Namespace) -> int:
     finally:
         shutdown(dist)
     return 0
+
+
+def _audit(out: Path) -> None:
+    """The defender's audit of the finished run (``tkmia audit``'s defaults); a folder
+    whose older records lack its columns gets a warning, not a failed run."""
+    from tkmia.cli.audit import audit_folder
+    from tkmia.experiments.audit import BATCH_SIZES, DRAWS
+
+    try:
+        print(audit_folder(out, list(BATCH_SIZES), 0, DRAWS))
+    except InputError as err:
+        print(f"tkmia run: warning: no audit: {err}", file=sys.stderr)
 
 
 def warn_unattacked(rows: Sequence[SummaryRow]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from tkmia.attacks import AttackResult
 from tkmia.files import write_text_atomic
 from tkmia.metrics import (
     ap_at_k,
+    count_above_half,
+    kth_sigmoid,
     l2_norm,
     linf_norm,
     ndcg_at_k,
@@ -33,6 +36,8 @@ from tkmia.metrics import (
     removed_count,
     ssim,
     topk_accuracy,
+    topk_margin,
+    topk_sigmoid_mass,
 )
 
 MEASURES = {
@@ -40,6 +45,15 @@ MEASURES = {
     "p_at_k": precision_at_k,
     "map_at_k": ap_at_k,
     "ndcg_at_k": ndcg_at_k,
+}
+#: the label-free statistics of the scores (SPEC §7.5), ``(scores (B, c), k) -> (B,)``; a
+#: record holds ``<name>_clean`` and ``<name>_adv`` of each (records written before they
+#: existed lack them: the audit names what is missing)
+LABEL_FREE: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "kth_score": kth_sigmoid,
+    "topk_mass": topk_sigmoid_mass,
+    "margin": topk_margin,
+    "n_above_half": lambda scores, k: count_above_half(scores),
 }
 
 
@@ -62,7 +76,8 @@ def make_records(
     seconds: float,
     success_uint8: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per sample: success, ΔN, the four measures before/after, norms.
+    """One record per sample: success, ΔN, the four measures and the label-free statistics
+    (:data:`LABEL_FREE`) before/after, norms.
 
     ``success_uint8`` ``(B,)``: success re-measured on the 8-bit quantised adversarial
     images (see :func:`quantize_uint8`); stored as ``success_uint8`` when given.
@@ -81,6 +96,9 @@ def make_records(
     for name, fn in MEASURES.items():
         out[f"{name}_clean"] = fn(result.clean_scores, labels, k).tolist()
         out[f"{name}_adv"] = fn(result.adv_scores, labels, k).tolist()
+    for name, stat in LABEL_FREE.items():
+        out[f"{name}_clean"] = stat(result.clean_scores, k).tolist()
+        out[f"{name}_adv"] = stat(result.adv_scores, k).tolist()
     clean, adv = images.to(result.adv_images.device), result.adv_images.detach()
     out["l2"] = l2_norm(clean, adv).tolist()
     out["linf"] = linf_norm(clean, adv).tolist()

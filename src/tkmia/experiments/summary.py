@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -258,13 +258,56 @@ def collect_rows(
     Raises:
         InputError: ``out`` holds no ``config.json``.
     """
+    config = _read_config(out)
+    return [
+        SummaryRow.from_records(
+            config["dataset"],
+            config["model"],
+            group.setting,
+            group.method,
+            group.skipped,
+            group.records,
+            group.bad_images,
+        )  # fmt: skip
+        for group in iter_records(out, settings, methods)
+    ]
+
+
+@dataclass(frozen=True)
+class RecordGroup:
+    """The records of one (setting, method configuration) of a results folder.
+
+    Attributes:
+        setting, method: what was run.
+        skipped, bad_images: as ``setting.json`` counts them.
+        records: one per attacked image still selected, in image order.
+    """
+
+    setting: Setting
+    method: MethodConfig
+    skipped: int
+    bad_images: int
+    records: list[dict[str, Any]]
+
+
+def _read_config(out: Path) -> dict[str, Any]:
     path = out / "config.json"
     if not path.is_file():
         raise InputError(f"{str(out)!r} is not a tkmia results folder (no config.json)")
-    config = json.loads(path.read_text())
+    config: dict[str, Any] = json.loads(path.read_text())
+    return config
+
+
+def iter_records(
+    out: Path,
+    settings: Sequence[Setting] | None = None,
+    methods: Sequence[MethodConfig] | None = None,
+) -> Iterator[RecordGroup]:
+    """The records of every (setting, method) under ``out``, setting-major, as
+    :func:`collect_rows` reads them (arguments and errors as there)."""
+    config = _read_config(out)
     setting_keys = [s.key for s in settings] if settings else config["settings"]
     method_keys = [m.key for m in methods] if methods else config["methods"]
-    rows = []
     for skey in setting_keys:
         sdir = out / "records" / skey
         if not (sdir / "setting.json").is_file():
@@ -279,18 +322,7 @@ def collect_rows(
             if selected is not None:
                 keep = set(selected)
                 records = [r for r in records if r["index"] in keep]
-            rows.append(
-                SummaryRow.from_records(
-                    config["dataset"],
-                    config["model"],
-                    setting,
-                    method,
-                    skipped,
-                    records,
-                    bad_images,
-                )  # fmt: skip
-            )
-    return rows
+            yield RecordGroup(setting, method, skipped, bad_images, records)
 
 
 def _read_setting(path: Path) -> tuple[Setting, int, int, list[int] | None]:
