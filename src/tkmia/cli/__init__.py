@@ -1,7 +1,8 @@
-"""The `tkmia` command line: `tkmia run`, `tkmia train`, `tkmia report`.
+"""The `tkmia` command line: `tkmia run`, `tkmia train`, `tkmia report`, `tkmia inspect`.
 
 One module per command (:mod:`tkmia.cli.run`, :mod:`tkmia.cli.train`,
-:mod:`tkmia.cli.report`), each with ``add_parser(sub)`` and ``command(args) -> int``.
+:mod:`tkmia.cli.report`, :mod:`tkmia.cli.inspect`), each with ``add_parser(sub)`` and
+``command(args) -> int``.
 User mistakes become one line on stderr and exit code 2, never a traceback.
 """
 
@@ -21,7 +22,7 @@ __all__ = ["EXIT_USAGE", "build_parser", "main"]
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: the subcommands, in the order of `tkmia --help`
-COMMANDS = ("run", "train", "report")
+COMMANDS = ("run", "train", "report", "inspect")
 
 
 class _Parser(argparse.ArgumentParser):
