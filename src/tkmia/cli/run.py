@@ -153,7 +153,10 @@ def plan_run(opts: dict[str, Any]) -> RunPlan:
     check_device(opts["device"])
     source = check_model_options(opts)
     if source.kind == "builtin" and dataset != "digits":
-        raise InputError(f"dataset {dataset!r} needs --model, a trained checkpoint")
+        raise InputError(
+            f"dataset {dataset!r} needs --model (the built-in model is for digits): a trained "
+            "checkpoint, a TorchScript or torch.export archive, or a factory"
+        )
     model_name = source.name
     out = Path(opts.get("out") or Path("results") / f"{dataset}-{model_name}")
     check_writable(out)
