@@ -102,3 +102,19 @@ def test_inspect_prints_what_was_understood_and_the_test_map(
     assert rest == "on the first 64 images of digits test"
     assert main(["inspect", "--model", "builtin", "--normalize", "imagenet"]) == 2
     assert "--normalize is only for" in capsys.readouterr().err
+
+
+def test_the_config_file_takes_model_normalize_and_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'model = "builtin"\nnormalize = "imagenet"\nclasses = "{tmp_path}/names.txt"\n'
+    )
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--normalize and --classes are only for TorchScript" in err
+    config.write_text('model = "nowhere.py:make"\n')
+    assert main(["inspect", "--config", str(config)]) == 2
+    assert "model factory file 'nowhere.py'" in capsys.readouterr().err
