@@ -37,6 +37,25 @@ def five_classes():
 """
 
 
+@pytest.fixture(scope="module")
+def test_split() -> Digits:
+    """The built-in test split, generated once for the module (2000 images: seconds)."""
+    return Digits("test")
+
+
+@pytest.fixture
+def digits_once(test_split: Digits, monkeypatch: pytest.MonkeyPatch) -> Digits:
+    """Every `Digits("test")` the commands open is the module's one copy."""
+    import tkmia.data.digits
+
+    def opened(split: str = "train", seed: int = 0, size: int | None = None) -> Digits:
+        assert (split, seed, size) == ("test", 0, None)
+        return test_split
+
+    monkeypatch.setattr(tkmia.data.digits, "Digits", opened)
+    return test_split
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with (path / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -46,7 +65,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_torchscript_and_factory_give_the_builtin_models_summary(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, digits_once: Digits
 ) -> None:
     scripted = tmp_path / "scripted.pt"
     with warnings.catch_warnings():
@@ -78,7 +97,7 @@ def test_a_model_with_another_class_count_is_one_line_before_any_attack(
 
 
 def test_inspect_prints_what_was_understood_and_the_test_map(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    digits_once: Digits, capsys: pytest.CaptureFixture[str]
 ) -> None:
     metrics = pytest.importorskip("sklearn.metrics")
     assert main(["inspect", "--model", "builtin", "--dataset", "digits", "--samples", "64"]) == 0
@@ -91,7 +110,7 @@ def test_inspect_prints_what_was_understood_and_the_test_map(
     model = builtin_model()
     assert fields["parameters"] == f"{sum(p.numel() for p in model.parameters()):,}"
     assert fields["device"] == "cpu"
-    images, labels = zip(*Subset(Digits("test"), range(64)), strict=True)
+    images, labels = zip(*Subset(digits_once, range(64)), strict=True)
     with torch.no_grad():
         scores = model(torch.stack(images)).numpy()
     truth = torch.stack(labels).numpy()
