@@ -105,8 +105,8 @@ def _check(args: argparse.Namespace) -> tuple[str, Any, Path]:
         if arch == BUILTIN_ARCH:
             raise InputError(
                 f"--weights {str(args.weights)!r} are pretrained weights for the ResNets and "
-                "timm models; the "
-                f"built-in architecture {BUILTIN_ARCH!r} trains from scratch (drop --weights)"
+                f"timm models; the built-in architecture {BUILTIN_ARCH!r} trains from scratch "
+                "(drop --weights)"
             )
     check_device(args.device)
     out = Path(args.out or Path("runs") / f"{args.dataset}-{arch.replace(':', '-')}")
