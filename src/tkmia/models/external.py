@@ -28,7 +28,8 @@ __all__ = ["call_factory", "load_exported", "load_torchscript"]
 
 
 def _first_line(err: BaseException) -> str:
-    text = (str(err).strip().splitlines() or [""])[0][:300]
+    """The error's type and its first sentence (torch's messages run on)."""
+    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:300]
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
