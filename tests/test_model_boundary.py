@@ -163,3 +163,77 @@ def test_an_unreadable_training_state_is_an_input_error(
     config = TrainConfig(epochs=1, batch_size=2, lr=1e-3)
     with pytest.raises(InputError, match="training state .*train_state.pt"):
         train_model(model, [], [], config, tmp_path, {"classes": ["a", "b"]}, progress=False)
+
+
+def _rewrite_weights(path: Path, change: Any) -> None:
+    """Apply ``change(state)`` to the checkpoint's tensors and save them back."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    change(state)
+    save_file(state, str(path))
+
+
+CONV = "net.0.weight"  # the built-in model's first convolution, (16, 3, 5, 5)
+
+
+def _widen(state: dict[str, torch.Tensor]) -> None:
+    state[CONV] = torch.zeros(16, 3, 5, 6)
+
+
+def _as_int(state: dict[str, torch.Tensor]) -> None:
+    state[CONV] = state[CONV].to(torch.int32)
+
+
+WEIGHT_CASES: list[tuple[str, Any, str]] = [
+    ("truncated", None, "is not a valid safetensors file"),
+    ("missing-key", lambda s: s.pop(CONV), r"1 tensors missing \['net\.0\.weight'\]"),
+    ("unexpected-key", lambda s: s.update(extra=torch.zeros(2)), r"unexpected \['extra'\]"),
+    ("wrong-shape", _widen, r"'net\.0\.weight' must have shape \(16, 3, 5, 5\), got \(16, 3, 5, 6"),
+    ("integer-weights", _as_int, r"'net\.0\.weight' must be floating point, got torch.int32"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), [c[1:] for c in WEIGHT_CASES], ids=[c[0] for c in WEIGHT_CASES]
+)
+def test_truncated_or_mismatched_weights_name_the_file_and_the_key(
+    change: Any, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _copy_builtin(tmp_path)
+    if change is None:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        _rewrite_weights(path, change)
+    with pytest.raises(InputError, match=expected) as caught:
+        load_model(path)
+    assert "model.safetensors" in str(caught.value)
+    argv = ["run", "--model", str(path), "--samples", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("tkmia: error: ")
+        and "model.safetensors" in lines[0]
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_timm_architecture_in_a_sidecar_is_accepted_and_needs_timm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    path = _copy_builtin(tmp_path)
+    _break(path, "arch", "timm:resnet10t")
+    assert read_meta(path)["arch"] == "timm:resnet10t"  # the sidecar's rule accepts it
+    _break(path, "arch", "timm:")
+    with pytest.raises(InputError, match="'arch' must be the name of an architecture"):
+        read_meta(path)
+    _break(path, "arch", "timm:resnet10t")
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
+    with pytest.raises(
+        InputError, match=r"needs timm, which is not installed: pip install 'tkmia\[timm\]'"
+    ):
+        load_model(path)

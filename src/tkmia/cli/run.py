@@ -17,7 +17,7 @@ from typing import Any
 from tkmia.cli.checks import check_device, check_writable
 from tkmia.cli.consistency import apply_implications, option_names
 from tkmia.cli.options import add_options, check_values, complete, resolve_options
-from tkmia.errors import InputError, MissingFileError
+from tkmia.errors import InputError
 from tkmia.experiments.builtin import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_GROUPS,
@@ -123,7 +123,7 @@ class RunPlan:
     samples: int
     batch_size: int
     chunk_size: int | None
-    model_path: Path | None
+    model: Any  # the parsed --model, a tkmia.models.ModelSource
     model_name: str
     out: Path
 
@@ -152,12 +152,13 @@ def plan_run(opts: dict[str, Any]) -> RunPlan:
     check_grid(opts)
     check_rule("success", opts["select_tol"], opts["select_scope"])
     check_device(opts["device"])
-    model_path = opts.get("model")
-    if model_path is None and dataset != "digits":
-        raise InputError(f"dataset {dataset!r} needs --model, a trained checkpoint")
-    if model_path is not None and not Path(model_path).is_file():
-        raise MissingFileError(f"model file {str(model_path)!r} not found")
-    model_name = "builtin" if model_path is None else Path(model_path).stem
+    source = check_model_options(opts)
+    if source.kind == "builtin" and dataset != "digits":
+        raise InputError(
+            f"dataset {dataset!r} needs --model (the built-in model is for digits): a trained "
+            "checkpoint, a TorchScript or torch.export archive, or a factory"
+        )
+    model_name = source.name
     out = Path(opts.get("out") or Path("results") / f"{dataset}-{model_name}")
     check_writable(out)
     return RunPlan(
@@ -167,7 +168,7 @@ def plan_run(opts: dict[str, Any]) -> RunPlan:
         samples=opts.get("samples", DEFAULT_SAMPLES.get(dataset, FALLBACK_SAMPLES)),
         batch_size=opts.get("batch_size", DEFAULT_BATCH_SIZE.get(dataset, FALLBACK_BATCH_SIZE)),
         chunk_size=opts.get("chunk_size"),  # None: RunConfig's default (four batches)
-        model_path=None if model_path is None else Path(model_path),
+        model=source,
         model_name=model_name,
         out=out,
     )
@@ -188,38 +189,47 @@ def early_config(plan: RunPlan) -> dict[str, Any]:
     }
 
 
-def _check_classes(model_path: Path, trained: list[str], classes: list[str], dataset: str) -> None:
-    if list(trained) != list(classes):
-        raise InputError(
-            f"checkpoint {str(model_path)!r} was trained on {len(trained)} other classes than "
-            f"the {len(classes)} of {dataset!r} ({trained[:3]}... vs {classes[:3]}...)"
-        )
+def check_model_options(opts: dict[str, Any]) -> Any:
+    """The parsed ``--model`` (default ``builtin``), with ``--normalize`` and ``--classes``
+    checked against it; nothing is loaded. Shared by `run` and `inspect`.
+
+    Raises:
+        InputError, MissingFileError: a bad form, a missing file, a bad ``--normalize``,
+            or ``--normalize``/``--classes`` with a checkpoint or the built-in model.
+    """
+    from tkmia.models.sources import check_convention, parse_source
+
+    source = parse_source(opts.get("model") or "builtin")
+    check_convention(source, opts.get("normalize"), opts.get("classes"))
+    return source
 
 
 def _open(plan: RunPlan, device: str) -> tuple[Any, Any, list[Setting], str]:
     """The model, the dataset, the settings and the split; classes checked on the way."""
+    from tkmia.data.digits import CANVAS
     from tkmia.data.digits import CLASSES as DIGITS_CLASSES
-    from tkmia.data.factory import open_dataset
-    from tkmia.models import builtin_model, load_model
+    from tkmia.data.factory import DEFAULT_IMAGE_SIZE, open_dataset
+    from tkmia.models import fit_model, open_model
 
-    opts, name, path = plan.opts, plan.dataset, plan.model_path
+    opts, name = plan.opts, plan.dataset
     # the built-in dataset's classes are known without generating its images
     known = list(DIGITS_CLASSES) if name == "digits" else None
     if known is not None:
         build_settings(opts, name, known)
-    if path is None:
-        model = builtin_model(device)
-    else:
-        model, meta = load_model(path, device, num_classes=None if known is None else len(known))
-        if known is not None:
-            _check_classes(path, meta["classes"], known, name)
+    size = opts.get("image_size") or DEFAULT_IMAGE_SIZE.get(name, CANVAS)
+    convention = {"normalize": opts.get("normalize"), "classes": opts.get("classes")}
+    model, info = open_model(
+        plan.model, device, num_classes=None if known is None else len(known), **convention
+    )
+    if known is not None:
+        model = fit_model(model, info, known, size, device, name)
     split = early_config(plan)["split"]
     dataset = open_dataset(
         name, split, opts.get("root"), opts.get("image_size"), opts.get("csv"), seed=0
     )
     classes = list(dataset.classes)
-    if path is not None:
-        _check_classes(path, meta["classes"], classes, name)
+    if known is None:
+        model = fit_model(model, info, classes, size, device, name)
     return model, dataset, build_settings(opts, name, classes), split
 
 

@@ -46,11 +46,17 @@ def add_parser(sub: Any) -> None:
     train.add_argument(
         "--test-csv", type=Path, help="label file of a 'folder' test split (default: none)"
     )
-    train.add_argument("--arch", default=None, help="architecture " + _per_dataset(0))
+    train.add_argument(
+        "--arch",
+        default=None,
+        help="architecture, or timm:<name> for any timm model (pip install 'tkmia[timm]') "
+        + _per_dataset(0),
+    )
     train.add_argument(
         "--weights",
         type=Path,
-        help="local ImageNet weights (.pth/.safetensors; default: none, random init)",
+        help="local pretrained weights (.safetensors or weights-only .pth); the classifier "
+        "head is skipped; nothing is downloaded (default: none, random init)",
     )
     train.add_argument("--epochs", type=int, help=_per_dataset(1))
     train.add_argument("--batch-size", type=int, help=_per_dataset(2))
@@ -74,7 +80,8 @@ def add_parser(sub: Any) -> None:
 def _check(args: argparse.Namespace) -> tuple[str, Any, Path]:
     """Everything that needs no data: (architecture, TrainConfig, out)."""
     from tkmia.data.factory import DATASETS
-    from tkmia.models import architectures, load_state
+    from tkmia.models import load_state
+    from tkmia.models.architectures import check_architecture
     from tkmia.models.builtin import BUILTIN_ARCH
     from tkmia.training import TrainConfig
 
@@ -82,8 +89,7 @@ def _check(args: argparse.Namespace) -> tuple[str, Any, Path]:
         raise InputError(f"unknown dataset {args.dataset!r}; expected one of {list(DATASETS)}")
     arch, epochs, batch_size, lr, optimizer, hflip = TRAIN_DEFAULTS[args.dataset]
     arch = args.arch or arch
-    if arch not in architectures():
-        raise InputError(f"unknown architecture {arch!r}; expected one of {architectures()}")
+    check_architecture(arch)
     if args.seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {args.seed!r}")
     if args.num_workers < 0:
@@ -108,11 +114,12 @@ def _check(args: argparse.Namespace) -> tuple[str, Any, Path]:
         load_state(args.weights)  # refuses pickles; read again (into the network) later
         if arch == BUILTIN_ARCH:
             raise InputError(
-                f"--weights {str(args.weights)!r} are ImageNet weights for the ResNets; the "
-                f"built-in architecture {BUILTIN_ARCH!r} trains from scratch (drop --weights)"
+                f"--weights {str(args.weights)!r} are pretrained weights for the ResNets and "
+                f"timm models; the built-in architecture {BUILTIN_ARCH!r} trains from scratch "
+                "(drop --weights)"
             )
     check_device(args.device)
-    out = Path(args.out or Path("runs") / f"{args.dataset}-{arch}")
+    out = Path(args.out or Path("runs") / f"{args.dataset}-{arch.replace(':', '-')}")
     check_writable(out)
     return arch, config, out
 
@@ -142,6 +149,7 @@ def _meta(args: argparse.Namespace, arch: str, train_set: Any) -> tuple[dict[str
     (then the normalisation is the training images' own)."""
     from tkmia.models import IMAGENET_MEAN, IMAGENET_STD
     from tkmia.models.builtin import BUILTIN_ARCH
+    from tkmia.models.timm_nets import input_stats, is_timm
 
     builtin = arch == BUILTIN_ARCH and hasattr(train_set, "images")
     if builtin:
@@ -149,8 +157,9 @@ def _meta(args: argparse.Namespace, arch: str, train_set: Any) -> tuple[dict[str
         mean = images.mean(dim=(0, 2, 3)).tolist()
         std = images.std(dim=(0, 2, 3)).tolist()
         image_size = images.shape[-1]
-    else:
-        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    else:  # what the pretrained weights expect: timm's pretrained_cfg says, else ImageNet's
+        stats = input_stats(arch) if is_timm(arch) else None
+        mean, std = stats or (list(IMAGENET_MEAN), list(IMAGENET_STD))
         image_size = int(train_set[0][0].shape[-1]) if len(train_set) else args.image_size
     meta = {
         "arch": arch,
@@ -180,6 +189,7 @@ def command(args: argparse.Namespace) -> int:
     from tkmia.files import remove_stale_temporaries
     from tkmia.models import build_model
     from tkmia.models.resnet import load_imagenet_weights
+    from tkmia.models.timm_nets import head_names
     from tkmia.training import train_model
 
     arch, config, out = _check(args)
@@ -192,7 +202,7 @@ def command(args: argparse.Namespace) -> int:
     model = build_model(meta)  # in the architecture's memory layout (checkpoints: contiguous)
     if not builtin:
         if args.weights is not None:
-            load_imagenet_weights(model.net, args.weights)
+            load_imagenet_weights(model.net, args.weights, head=head_names(model.net))
         else:
             print(
                 "tkmia train: no --weights given, training from random initialisation "

@@ -73,12 +73,11 @@ def command(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from tkmia.cli.run import _check_classes
     from tkmia.data.factory import EVAL_SPLIT, TRAIN_SPLIT, open_dataset
     from tkmia.experiments.settings import setting_grid
     from tkmia.experiments.universal import UniversalConfig, run_universal
     from tkmia.files import remove_stale_temporaries
-    from tkmia.models import builtin_model, load_model
+    from tkmia.models import fit_model, open_model
     from tkmia.reports.universal import render_universal
 
     opts = complete(resolve_options(args, UNIVERSAL_OPTIONS), UNIVERSAL_OPTIONS)
@@ -95,11 +94,8 @@ def command(args: argparse.Namespace) -> int:
     classes = list(eval_set.classes)
     groups = opts.get("groups") or DEFAULT_GROUPS.get(dataset) or []
     settings = setting_grid(["global"], opts["k"], groups, [], [None], dataset, classes)
-    if model_path is None:
-        model = builtin_model(device)
-    else:
-        model, meta = load_model(model_path, device, num_classes=len(classes))
-        _check_classes(model_path, meta["classes"], classes, dataset)
+    model, info = open_model(model_path or "builtin", device, num_classes=len(classes))
+    model = fit_model(model, info, classes, int(eval_set[0][0].shape[-1]), device, dataset)
     config = UniversalConfig(
         dataset, model_name, settings, list(dict.fromkeys(opts["objectives"])),
         list(dict.fromkeys(opts["eps"])), opts["lr"], opts["epochs"], opts["batch_size"],

@@ -72,7 +72,8 @@ def merged_config(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     the folder held, in their order, then the ones ``new`` adds."""
     merged = dict(old)
     for key in GROWING:
-        merged[key] = list(dict.fromkeys([*old.get(key, []), *new.get(key, [])]))
+        merged[key] = list(old.get(key, []))
+        merged[key] += [item for item in new.get(key, []) if item not in merged[key]]
     return merged
 
 

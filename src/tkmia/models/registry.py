@@ -69,8 +69,9 @@ def load_model(
     Raises:
         MissingFileError: the checkpoint or its sidecar does not exist.
         InputError: not a ``.safetensors`` file, a malformed sidecar (checked before any
-            weight is read), unreadable weights, weights of another architecture, or a
-            number of classes other than ``num_classes``.
+            weight is read), unreadable or truncated weights, weights of another
+            architecture (see :func:`check_state`), or a number of classes other than
+            ``num_classes``.
     """
     path = Path(path)
     if not path.is_file():
@@ -88,11 +89,34 @@ def load_model(
             f"has {num_classes}"
         )
     model = build_model(meta)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise InputError(
-            f"checkpoint {str(path)!r} does not match architecture {meta['arch']!r}: {first}"
-        ) from None
+    check_state(path, meta["arch"], state, model.state_dict())
+    model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+def check_state(
+    path: Path, arch: str, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Check a checkpoint's tensors against the model its sidecar describes, key by key.
+
+    Raises:
+        InputError: a missing or unexpected key, or a tensor of another shape or of a
+            non-floating type where a floating one is expected, naming the file, the key
+            and what was expected.
+    """
+    where = f"checkpoint {str(path)!r} does not match architecture {arch!r}"
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        raise InputError(
+            f"{where}: {len(missing)} tensors missing {missing[:3]}, {len(unexpected)} "
+            f"unexpected {unexpected[:3]}"
+        )
+    for key, want in expected.items():
+        got = state[key]
+        if got.shape != want.shape:
+            raise InputError(
+                f"{where}: {key!r} must have shape {tuple(want.shape)}, got {tuple(got.shape)}"
+            )
+        if want.is_floating_point() and not got.is_floating_point():
+            raise InputError(f"{where}: {key!r} must be floating point, got {got.dtype}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
@@ -33,14 +34,20 @@ for _name in _RESNETS:
     register(_name)(_make_builder(_name))
 
 
-def load_imagenet_weights(net: nn.Module, path: str | Path) -> nn.Module:
-    """Load a torchvision ImageNet state dict (``.pth`` or ``.safetensors``) into ``net``.
+def load_imagenet_weights(
+    net: nn.Module, path: str | Path, head: Sequence[str] = ("fc",)
+) -> nn.Module:
+    """Load a pretrained state dict (``.pth`` or ``.safetensors``) into ``net``: torchvision's
+    ImageNet weights for the ResNets, or a timm model's.
 
-    The 1000-way ``fc`` layer of the file is skipped: the multi-label head stays freshly
-    initialised, as in the paper. Nothing is downloaded; ``path`` must exist locally.
+    The file's classifier ``head`` (modules by name: ``fc`` for torchvision's ResNets, a
+    timm model's ``pretrained_cfg["classifier"]``) is skipped: the multi-label head stays
+    freshly initialised, as in the paper. Nothing is downloaded; ``path`` must exist locally.
     """
+    prefixes = tuple(f"{name}." for name in head)
     state = load_state(path)
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a tensor of another shape
@@ -49,7 +56,7 @@ def load_imagenet_weights(net: nn.Module, path: str | Path) -> nn.Module:
             f"weights file {str(path)!r} does not match this architecture: "
             + " ".join(line.strip() for line in first[:3])
         ) from None
-    missing = [k for k in missing if not k.startswith("fc.")]
+    missing = [k for k in missing if not k.startswith(prefixes)]
     if missing or unexpected:
         raise InputError(
             f"weights file {str(path)!r} does not match this architecture: "

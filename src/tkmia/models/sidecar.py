@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tkmia.errors import InputError
-from tkmia.models.architectures import architectures
+from tkmia.models.architectures import architectures, is_architecture
 
 #: colour channels of every tkmia model's input
 CHANNELS = 3
@@ -52,8 +52,8 @@ def rules() -> dict[str, Rule]:
     """For every required key, in the order checked: ``(is_valid, what is expected)``."""
     return {
         "arch": (
-            lambda value: isinstance(value, str) and value in architectures(),
-            f"the name of an architecture, one of {architectures()}",
+            is_architecture,
+            f"the name of an architecture, one of {architectures()} or timm:<model name>",
         ),
         "classes": (_is_classes, "a list of label names (at least 2, distinct strings)"),
         "image_size": (_is_positive_int, "a positive integer, the side of the input images"),
