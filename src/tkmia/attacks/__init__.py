@@ -16,6 +16,7 @@ from tkmia.attacks.mlcwu import MLCWU
 from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
 from tkmia.attacks.tkmia import TkMIA
+from tkmia.attacks.tkmlapt import TkMLAPT
 from tkmia.attacks.tkmlapu import TkMLAPU
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "LossAttack",
     "SampleState",
     "TkMIA",
+    "TkMLAPT",
     "TkMLAPU",
 ]

@@ -80,7 +80,7 @@ class LossAttack(Attack):
     an SGD step with momentum 0.9 (PyTorch's SGD semantics, no dampening).
 
     Args:
-        model, k, max_iter, normalize: as :class:`~tkmia.attacks.Attack`.
+        model, k, max_iter, normalize, success, quantize: as :class:`~tkmia.attacks.Attack`.
         lr: the learning rate (> 0), in tanh-space units per unit of gradient.
         lam: the penalty weight λ (>= 0; 0 turns the penalty off).
         penalty: ``"w"``: ``(λ/2)‖w‖²`` (weight decay λ on w, as the reference code);
@@ -104,8 +104,10 @@ class LossAttack(Attack):
         max_iter: int,
         penalty: str = "w",
         normalize: Normalize | None = None,
+        success: str = "paper",
+        quantize: int | None = None,
     ) -> None:
-        super().__init__(model, k, max_iter, normalize)
+        super().__init__(model, k, max_iter, normalize, success, quantize)
         self.lr = check_number("lr", lr)
         self.lam = check_number("lam", lam, allow_zero=True)
         if penalty not in ("w", "pixel"):
