@@ -82,18 +82,17 @@ def test_targeted_method_runs_on_the_targeted_settings_only(tmp_path) -> None:
     data = ToyDataset(model)
     settings = [Setting("random", K, n=1), Setting("targeted", K, group="random", n=1)]
     methods = [
-        MethodConfig("tkmia", **TK),
-        MethodConfig("tkmlapt", lr=50.0, lam=1e-5, max_iter=30),
+        MethodConfig("tkmia", lr=5.0, lam=1e-3, max_iter=10),
+        MethodConfig("tkmlapt", lr=50.0, lam=1e-5, max_iter=20),
     ]
-    rows = run(
-        RunConfig("toy", "cnn", settings, methods, 8, 0, 4), model, data, tmp_path, progress=False
-    )
+    config = RunConfig("toy", "cnn", settings, methods, 6, 0, 6)
+    rows = run(config, model, data, tmp_path, progress=False)
     assert [(r.setting_key, r.method_key) for r in rows] == [
-        ("random-k3-n1-t1", "tkmia-lr5-lam0.001-it30"),
-        ("targeted-k3-n1-random", "tkmlapt-lr50-lam1e-05-it30"),
+        ("random-k3-n1-t1", "tkmia-lr5-lam0.001-it10"),
+        ("targeted-k3-n1-random", "tkmlapt-lr50-lam1e-05-it20"),
     ]
     recs = read_all_records(tmp_path / "records" / "targeted-k3-n1-random", methods[1].key)
-    assert len(recs) == 8 and any(r["success"] for r in recs)
+    assert len(recs) == 6 and any(r["success"] for r in recs)
     with torch.no_grad():
         scores = model(data.images)
     for rec in recs:
