@@ -47,7 +47,8 @@ def test_preserve_and_8_bit_records_in_a_run(tmp_path) -> None:
         MethodConfig("tkmia", **TK, success_rule="preserve"),
         MethodConfig("tkmia", **TK, quantize=8),
     ]
-    config = RunConfig("toy", "cnn", [Setting("random", K, n=1)], methods, 8, 0, 8)
+    config = RunConfig("toy", "cnn", [Setting("random", K, n=1)], methods, 8, 0, 4)
+    config.method_samples = {methods[2].key: 5}  # the 8-bit variant: its first 5 images
     rows = run(config, model, WaitingDataset(model), tmp_path, progress=False)
     assert [m.key for m in methods] == [
         "tkmia-lr5-lam0.001-it30",
@@ -63,6 +64,8 @@ def test_preserve_and_8_bit_records_in_a_run(tmp_path) -> None:
         if rec["success"]:
             assert rec["tkacc_adv"] >= rec["tkacc_clean"]
             assert rec["p_at_k_adv"] >= rec["p_at_k_clean"]
+    assert [r["index"] for r in q8] == [r["index"] for r in paper][:5]
+    assert [r.attacked for r in rows] == [8, 8, 5]
     assert any(r["success"] for r in q8)
     assert all(r["success_uint8"] == r["success"] for r in q8)
     with (tmp_path / "summary.csv").open() as fh:

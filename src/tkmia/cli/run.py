@@ -23,6 +23,7 @@ from tkmia.experiments.builtin import (
     DEFAULT_SAMPLES,
     FALLBACK_BATCH_SIZE,
     FALLBACK_SAMPLES,
+    VARIANT_SAMPLES,
     with_default_variants,
 )
 from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY
@@ -74,10 +75,16 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
     methods = opts.get("methods") or [m for m, spec in REGISTRY.items() if not spec.targeted]
     values = {name: opts.get(hp.option) for name, hp in HYPERPARAMETERS.items()}
     configs = method_grid(methods, values)
-    builtin = opts.get("dataset", "digits") == "digits"
-    if builtin and not opts.get("methods") and not any(values.values()):
+    if _builtin_variants(opts):
         configs = with_default_variants(configs)
     return configs
+
+
+def _builtin_variants(opts: dict[str, Any]) -> bool:
+    """Whether the run is the built-in benchmark that adds SPEC §7 variants: the built-in
+    dataset, no method and no hyper-parameter option given."""
+    given = any(opts.get(hp.option) for hp in HYPERPARAMETERS.values())
+    return opts.get("dataset", "digits") == "digits" and not opts.get("methods") and not given
 
 
 def check_grid(opts: dict[str, Any]) -> None:
@@ -256,7 +263,10 @@ def command(args: argparse.Namespace) -> int:
     dist, device = init_from_env(opts["device"])  # torchrun: join the process group
     model, dataset, settings, split = _open(plan, device)
     classes = list(dataset.classes)
+    variants = [c.key for c in plan.methods if c.variant] if _builtin_variants(opts) else []
+    few = min(plan.samples, VARIANT_SAMPLES.get(plan.dataset, plan.samples))
     config = RunConfig(
+        method_samples={key: few for key in variants} if few < plan.samples else {},
         dataset=plan.dataset,
         model=plan.model_name,
         settings=settings,

@@ -31,6 +31,11 @@ DEFAULT_VARIANTS: dict[str, list[dict[str, str | int]]] = {
 }
 
 
+#: images per setting the default variants attack (the first of the selection the paper's
+#: rows attack), so that `make run` stays within 5 minutes (docs/beyond-the-paper.md)
+VARIANT_SAMPLES = {"digits": 100}
+
+
 def with_default_variants(configs: list[MethodConfig]) -> list[MethodConfig]:
     """``configs`` with :data:`DEFAULT_VARIANTS` of each configuration inserted after it
     (what `tkmia run` attacks when neither ``--methods`` nor a SPEC §7 option is given)."""

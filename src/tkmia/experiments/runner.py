@@ -65,6 +65,8 @@ class RunConfig:
         examples: images per (setting, method) saved for the figures.
         extra: more ``config.json`` entries (e.g. ``classes``, ``split``).
         chunk_size: images per chunk (None: four batches).
+        method_samples: for some configurations (by key), fewer images per setting: the
+            first ones of its selection (the built-in benchmark's SPEC §7 variants).
     """
 
     dataset: str
@@ -77,6 +79,7 @@ class RunConfig:
     examples: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
     chunk_size: int | None = None
+    method_samples: dict[str, int] = field(default_factory=dict)
 
     @property
     def chunk(self) -> int:
@@ -85,15 +88,19 @@ class RunConfig:
 
     def as_json(self) -> dict[str, Any]:
         """The ``config.json`` object (a rerun resumes only with an equal one)."""
-        return {
-            "dataset": self.dataset,
-            "model": self.model,
-            "settings": [s.key for s in self.settings],
-            "methods": [m.key for m in self.methods],
-            "samples": self.samples,
-            "seed": self.seed,
-            "chunk_size": self.chunk,
-        } | self.extra
+        return (
+            {
+                "dataset": self.dataset,
+                "model": self.model,
+                "settings": [s.key for s in self.settings],
+                "methods": [m.key for m in self.methods],
+                "samples": self.samples,
+                "seed": self.seed,
+                "chunk_size": self.chunk,
+            }
+            | ({"method_samples": self.method_samples} if self.method_samples else {})
+            | self.extra
+        )
 
 
 @torch.no_grad()
@@ -141,9 +148,10 @@ class _Run:
         images its share holds in all."""
         setting_dir = self.out / "records" / plan.setting.key
         done = {r["index"] for r in read_all_records(setting_dir, method.key)}
+        n = min(len(plan.indices), self.config.method_samples.get(method.key, len(plan.indices)))
         mine = [
             [p for p in chunk if plan.indices[p] not in done]
-            for b, chunk in enumerate(chunks(len(plan.indices), self.config.chunk))
+            for b, chunk in enumerate(chunks(n, self.config.chunk))
             if self.dist.owns(b)
         ]
         total = sum(len(chunk) for chunk in mine)
