@@ -122,3 +122,9 @@ def kfool_loop_reference(model, x, y, s, k: int, max_iter: int):
         if not any(j in clean_in for j in top(f, k)):
             return True, steps, xa.detach()
     return False, steps, xa.detach()
+
+
+def tkmlapt_loop(f: list[float], t: list[int], k: int) -> float:
+    """TkML-AP-T's loss of one sample (SPEC §7.3): ``Σ_{j∈T} max(f_[k] − f_j, 0)``."""
+    kth = sorted(f, reverse=True)[k - 1]
+    return sum(max(kth - f[j], 0.0) for j in range(len(f)) if t[j])

@@ -629,11 +629,14 @@ def test_attacks_run_with_their_tuned_defaults_from_the_registry(cls) -> None:
     """``cls(model, k)`` works, with the registry's defaults (one source of truth)."""
     import inspect
 
-    from tkmia.experiments.methods import REGISTRY
+    from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY
 
     spec = next(s for s in REGISTRY.values() if s.cls is cls)
     params = inspect.signature(cls).parameters
-    assert {h: params[h].default for h in spec.takes} == dict(spec.defaults)
+    keyword = {h: params[HYPERPARAMETERS[h].arg].default for h in spec.takes}
+    # a keyword default None (quantize) is the hyper-parameter's implicit value (0: off)
+    implicit = {h: HYPERPARAMETERS[h].implicit for h, v in keyword.items() if v is None}
+    assert keyword | implicit == dict(spec.defaults)
     model = make_cnn()
     x, y, s = make_problem(model, 2, K)
     res = cls(model, K)(x, y, s)

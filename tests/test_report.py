@@ -14,7 +14,7 @@ from tkmia.cli import main
 from tkmia.experiments.records import make_records, quantize_uint8, read_all_records, to_uint8
 from tkmia.experiments.runner import RunConfig, quantised_success, run
 from tkmia.experiments.settings import MethodConfig, Setting
-from tkmia.experiments.summary import SUMMARY_COLUMNS
+from tkmia.experiments.summary import PAPER_COLUMNS
 from tkmia.metrics import psnr, ssim
 from tkmia.reports.figures import BAR_MEASURES
 
@@ -86,8 +86,8 @@ def test_summary_columns_and_8bit_success(results) -> None:
     out, _, _ = results
     with (out / "summary.csv").open() as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == SUMMARY_COLUMNS
-    cols = SUMMARY_COLUMNS
+    assert list(table[0]) == PAPER_COLUMNS
+    cols = PAPER_COLUMNS
     assert cols.index("success_uint8") == cols.index("success_rate") + 1
     assert cols[cols.index("aper") : cols.index("aper") + 4] == ["aper", "linf", "psnr", "ssim"]
     issue4 = ["dataset", "model", "scheme", "k", "group", "n", "threshold", "method", "lr",
@@ -110,8 +110,9 @@ def test_quantised_success_rescores_the_png_image() -> None:
     x, labels, spec = make_problem(model, 6, K)
     from tkmia.attacks import KFool
 
-    result = KFool(model, K, max_iter=10)(x, labels, spec)
-    ok8 = quantised_success(model, result, K)
+    attack = KFool(model, K, max_iter=10)
+    result = attack(x, labels, spec)
+    ok8 = quantised_success(attack, result, labels)
     with torch.no_grad():
         scores = model(quantize_uint8(result.adv_images))
     from tkmia.metrics import removed_count

@@ -12,7 +12,7 @@ from tkmia.errors import InputError
 from tkmia.experiments.records import read_records
 from tkmia.experiments.runner import RunConfig, run
 from tkmia.experiments.settings import MethodConfig, Setting
-from tkmia.experiments.summary import SUMMARY_COLUMNS
+from tkmia.experiments.summary import PAPER_COLUMNS
 from tkmia.reports.render import render
 
 from _toys import make_cnn
@@ -67,7 +67,7 @@ def test_run_writes_records_summary_and_resumes(tmp_path) -> None:
     assert len(rows) == 3 * 2
     with (out / "summary.csv").open() as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == SUMMARY_COLUMNS
+    assert list(table[0]) == PAPER_COLUMNS
     for row in table:
         assert int(row["attacked"]) + int(row["skipped"]) <= len(data)
         assert 0 <= float(row["success_rate"]) <= 1

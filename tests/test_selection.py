@@ -18,7 +18,7 @@ from tkmia.experiments.selection import (
     select_rows,
 )
 from tkmia.experiments.settings import MethodConfig, Setting
-from tkmia.experiments.summary import SUMMARY_COLUMNS, SummaryRow, read_summary, write_summary
+from tkmia.experiments.summary import PAPER_COLUMNS, SummaryRow, read_summary, write_summary
 
 
 def _row(
@@ -192,7 +192,7 @@ def test_a_grid_run_states_its_rule_and_writes_selected_csv(tmp_path, capsys) ->
     out = tmp_path / "res"
     summary, selected = read_summary(out / "summary.csv"), read_summary(out / "selected.csv")
     assert len(summary) == 2 * 2 + 2 and len(selected) == 2
-    assert (out / "selected.csv").read_text().splitlines()[0].split(",") == SUMMARY_COLUMNS
+    assert (out / "selected.csv").read_text().splitlines()[0].split(",") == PAPER_COLUMNS
     assert all(row.cells() in [r.cells() for r in summary] for row in selected)
     expect = select_rows(summary, tol=0.02)
     assert [r.cells() for r in selected] == [r.cells() for r in expect]

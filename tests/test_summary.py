@@ -16,6 +16,7 @@ from tkmia.experiments.chunk_reader import ChunkReader
 from tkmia.experiments.records import append_records
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.experiments.summary import (
+    PAPER_COLUMNS,
     SUMMARY_COLUMNS,
     SummaryRow,
     collect_rows,
@@ -46,7 +47,7 @@ def test_a_written_summary_reads_back_typed_and_writes_the_same_bytes(tmp_path) 
     ]
     first = write_summary(tmp_path, rows).read_text()
     lines = first.splitlines()
-    assert lines[0].split(",") == SUMMARY_COLUMNS
+    assert lines[0].split(",") == PAPER_COLUMNS
     assert lines[1].startswith("digits,builtin,global,2,sevens,,all,tkmia,0.0001,0.001,300,,,4,7,")
     assert lines[2].startswith("digits,builtin,random,3,,2,2,kfool,,,5,0,image,4,7,0.75,0.5,")
     assert ",0.333333," in lines[1] and ",nan," in lines[2]
@@ -58,7 +59,13 @@ def test_a_written_summary_reads_back_typed_and_writes_the_same_bytes(tmp_path) 
     assert s2.value("lr") is None and s2.config == MethodConfig(
         "kfool", max_iter=5, overshoot=0.0, linearize="image"
     )
-    assert s1.config.params == {"lr": 1e-4, "lam": 1e-3, "max_iter": 300}
+    assert s1.config.params == {
+        "lr": 1e-4,
+        "lam": 1e-3,
+        "max_iter": 300,
+        "success_rule": "paper",
+        "quantize": 0,
+    }
     assert math.isnan(s2.aper) and s1.psnr == 55.5
     assert s1.setting_key == S1.key and s2.setting_key == S2.key
     assert (s1.method_key, s2.method_title) == ("tkmia-lr0.0001-lam0.001-it300", "kFool")
@@ -70,7 +77,7 @@ def test_a_written_summary_reads_back_typed_and_writes_the_same_bytes(tmp_path) 
     [
         ("k", "two", "'k' holds 'two'; expected int"),
         ("aper", "small", "'aper' holds 'small'; expected"),
-        ("scheme", "local", "'scheme' holds 'local'; expected global or random"),
+        ("scheme", "local", "'scheme' holds 'local'; expected global, random"),
         ("method", "pgd", "unknown method 'pgd'"),
     ],
 )
@@ -83,7 +90,7 @@ def test_a_malformed_summary_is_an_input_error_naming_the_line(
     path = tmp_path / "summary.csv"
     header, line = path.read_text().splitlines()
     cells = line.split(",")
-    cells[SUMMARY_COLUMNS.index(column)] = value
+    cells[header.split(",").index(column)] = value
     path.write_text(f"{header}\n{','.join(cells)}\n")
     with pytest.raises(InputError, match=match) as err:
         read_summary(path)
@@ -99,7 +106,7 @@ def test_optional_columns_only_when_a_method_takes_them_and_old_files_load(tmp_p
     columns existed loads, its kFool rows with the values they were made with."""
     tk = _row(S1, MethodConfig("tkmia", lr=1e-4, lam=1e-3, max_iter=300))
     text = write_summary(tmp_path, [tk]).read_text()
-    old_header = [c for c in SUMMARY_COLUMNS if c not in ("overshoot", "linearize")]
+    old_header = [c for c in PAPER_COLUMNS if c not in ("overshoot", "linearize")]
     assert text.splitlines()[0].split(",") == old_header
     assert text.splitlines()[1].startswith("digits,builtin,global,2,sevens,,all,tkmia,0.0001,")
     assert ",300,4,7," in text.splitlines()[1]

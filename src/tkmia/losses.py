@@ -28,6 +28,8 @@ __all__ = [
     "tkmia_loss",
     "tkmlap_grad",
     "tkmlap_loss",
+    "tkmlapt_grad",
+    "tkmlapt_loss",
 ]
 
 
@@ -125,6 +127,21 @@ def tkmlap_loss(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Te
     return average_top_k(masked_max(scores, targets) - scores, c - k)
 
 
+def tkmlapt_loss(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """TkML-AP-T (SPEC §7.3): ``Σ_{j∈T} [f_[k] − f_j]_+``: every target enters the top-k.
+
+    Args:
+        scores: ``(B, c)`` logits ``f``.
+        targets: ``(B, c)`` 0/1 (or bool), the labels ``T`` to bring into the top-k.
+        k: the top-k size, ``1 <= k < c``; ``f_[k]`` is the k-th largest score.
+
+    Returns:
+        ``(B,)`` per-sample loss, differentiable in ``scores``.
+    """
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    return ((kth - scores).clamp(min=0) * targets.to(scores.dtype)).sum(dim=1)
+
+
 def mlcw_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """ML-CW-U: ``[max_{j∈T} f_j − min_{i∉T} f_i]_+``: every target below every other label.
 
@@ -197,6 +214,21 @@ def tkmlap_grad(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Te
         ``(B, c)`` in ``scores``' dtype.
     """
     return _hide_grad(scores, targets, k, _top_mask(scores, k))
+
+
+def tkmlapt_grad(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Gradient ``(B, c)`` of ``tkmlapt_loss(scores, targets, k).sum()`` w.r.t. ``scores``:
+    ``−1`` on every target below the k-th largest score (hinge active), and their number
+    on the label that holds the k-th place (:func:`torch.topk`'s at ties).
+
+    Takes the arguments of :func:`tkmlapt_loss`.
+
+    Returns:
+        ``(B, c)`` in ``scores``' dtype.
+    """
+    kth_index = scores.topk(k, dim=1).indices[:, -1:]
+    active = (targets.bool() & (scores < scores.gather(1, kth_index))).to(scores.dtype)
+    return active.neg().scatter_add_(1, kth_index, active.sum(dim=1, keepdim=True))
 
 
 def mlcw_grad(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from tkmia.attacks.mlcwu import MLCWU
 from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
 from tkmia.attacks.tkmia import TkMIA
+from tkmia.attacks.tkmlapt import TkMLAPT
 from tkmia.attacks.tkmlapu import TkMLAPU
 from tkmia.attacks.universal import Universal
 
@@ -28,6 +29,7 @@ __all__ = [
     "LossAttack",
     "SampleState",
     "TkMIA",
+    "TkMLAPT",
     "TkMLAPU",
     "Universal",
 ]

@@ -16,9 +16,15 @@ from torch import nn
 
 from tkmia.attacks import loop
 from tkmia.attacks.checks import check_int
-from tkmia.attacks.inputs import check_batch, check_like_first, required_removals
+from tkmia.attacks.inputs import (
+    check_batch,
+    check_like_first,
+    check_targets_batch,
+    required_removals,
+    required_targets,
+)
 from tkmia.attacks.layout import model_memory_format
-from tkmia.attacks.pixels import PixelMap, to_tanh_space
+from tkmia.attacks.pixels import PixelMap, quantize, to_tanh_space
 from tkmia.attacks.queue import Chunk, ChunkQueue
 from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
@@ -27,7 +33,11 @@ from tkmia.losses import masked_max
 from tkmia.metrics import topk_indices
 from tkmia.normalize import Normalized
 
-__all__ = ["Attack", "Normalize"]
+__all__ = ["SUCCESS_RULES", "Attack", "Normalize"]
+
+#: the success rules every attack takes: the paper's (SPEC §5) and the measure-preserving
+#: one (SPEC §7.1)
+SUCCESS_RULES = ("paper", "preserve")
 
 #: per-channel ``(mean, std)`` of the model's input normalisation
 Normalize = tuple[Sequence[float], Sequence[float]]
@@ -55,9 +65,18 @@ class Attack:
         max_iter: at most this many update steps per sample.
         normalize: optional ``(mean, std)`` per channel, applied inside the attack so that
             callers always pass (and get back) pixels in [0, 1].
+        success: ``"paper"`` (SPEC §5) or ``"preserve"``: a sample succeeds only when its
+            top-k also keeps at least as many relevant labels as the clean image's
+            (``|T_k(x') ∩ Y| >= |T_k(x) ∩ Y|``, so TkAcc and P@k cannot drop; SPEC §7.1);
+            the attack runs on until both hold (or ``max_iter``).
+        quantize: ``None`` (or 0): off; ``b`` (1 to 16): success is judged on the iterate
+            quantised to ``b`` bits per channel, ``q(x') = round((2^b − 1)x') / (2^b − 1)``,
+            and the returned images and scores are ``q(x')`` of the first iterate whose
+            quantised image succeeds (SPEC §7.2): they survive being saved with ``b`` bits.
+            The step is still taken at ``x'``; each iteration scores ``q(x')`` once more.
 
     Raises:
-        InputError: for a bad ``k``, ``max_iter`` or ``normalize``.
+        InputError: for a bad ``k``, ``max_iter``, ``normalize``, ``success`` or ``quantize``.
 
     Calling the attack, ``atk(images, labels, specified, threshold=None, batch_size=None,
     sync_every=None)``:
@@ -85,12 +104,28 @@ class Attack:
 
     #: whether every sample needs a relevant label outside S (TkMIA promotes one)
     needs_remaining: bool = False
+    #: whether the attack is called with targets T (labels outside Y to bring into the
+    #: top-k, SPEC §7.3) in place of the specified labels S to hide
+    targeted: bool = False
 
     def __init__(
-        self, model: nn.Module, k: int, max_iter: int, normalize: Normalize | None = None
+        self,
+        model: nn.Module,
+        k: int,
+        max_iter: int,
+        normalize: Normalize | None = None,
+        success: str = "paper",
+        quantize: int | None = None,
     ) -> None:
         self.k = check_int("k", k, 1)
         self.max_iter = check_int("max_iter", max_iter, 1)
+        if success not in SUCCESS_RULES:
+            raise InputError(f"success must be one of {SUCCESS_RULES}, got {success!r}")
+        self.success = success
+        if quantize is not None and quantize != 0:
+            if check_int("quantize", quantize, 1) > 16:
+                raise InputError(f"quantize must be a number of bits from 1 to 16, got {quantize}")
+        self.quantize = quantize or None
         if normalize is not None:
             if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
                 raise InputError("normalize must be a pair (mean, std) of per-channel sequences")
@@ -141,6 +176,64 @@ class Attack:
         """
         kth = clean_scores.topk(self.k + 1, dim=1).values[:, -1:]
         return (masked_max(clean_scores, specified) - kth).squeeze(1)
+
+    def rule(
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        specified: torch.Tensor,
+        bound: torch.Tensor,
+        min_hits: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(n,)`` bool: whether scores ``(n, c)`` meet the attack's success rule.
+
+        ``labels``, ``specified`` ``(n, c)`` bool; ``bound`` ``(n,)`` long: the labels of S
+        that may stay in the top-k (SPEC §5), or for a :attr:`targeted` attack the targets
+        that must be in it (SPEC §7.3); ``min_hits`` ``(n,)`` long: the relevant labels the
+        top-k must keep under ``success="preserve"`` (SPEC §7.1, ignored otherwise).
+        """
+        top = topk_indices(scores, self.k)
+        in_top = specified.gather(1, top).sum(dim=1)
+        ok = in_top >= bound if self.targeted else in_top <= bound
+        if self.success == "preserve":
+            ok = ok & (labels.gather(1, top).sum(dim=1) >= min_hits)
+        return ok
+
+    def bounds(
+        self,
+        clean_scores: torch.Tensor,
+        labels: torch.Tensor,
+        specified: torch.Tensor,
+        required: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bound, min_hits)`` of :meth:`rule`, both ``(n,)`` long, from the clean scores
+        ``(n, c)``, the bool masks ``(n, c)`` and the ``required`` of an
+        :class:`AttackResult` ``(n,)``."""
+        top = topk_indices(clean_scores, self.k)
+        if self.targeted:
+            bound = required
+        else:
+            bound = specified.gather(1, top).sum(dim=1) - required
+        if self.success == "preserve":
+            min_hits = labels.gather(1, top).sum(dim=1)
+        else:
+            min_hits = torch.zeros_like(bound)
+        return bound, min_hits
+
+    @torch.no_grad()
+    def rescore(
+        self, images: torch.Tensor, result: AttackResult, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B,)`` bool: whether ``images`` ``(B, C, H, W)`` (e.g. ``result.adv_images``
+        saved as 8-bit PNGs and read back) meet the rule ``result`` was judged by, scored
+        again by the attack's model; ``labels`` ``(B, c)`` 0/1."""
+        with _eval_mode(self.model):
+            scores = self.model(images).to(result.clean_scores.dtype)
+        labels = labels.to(scores.device).bool()
+        bound, min_hits = self.bounds(
+            result.clean_scores, labels, result.specified, result.required
+        )
+        return self.rule(scores, labels, result.specified, bound, min_hits)
 
     # ------------------------------------------------------------ calling
     def __call__(
@@ -206,7 +299,10 @@ class Attack:
 
     def _run(self, queue: ChunkQueue, cap: int, sync_every: int | None) -> Iterator[AttackResult]:
         with _eval_mode(self.model):
-            iteration = loop.Iteration(self._evaluate, self._judge, self.step, self.max_iter)
+            judged = self._quantized if self.quantize else None
+            iteration = loop.Iteration(
+                self._evaluate, self._judge, self.step, self.max_iter, judged
+            )
             yield from loop.run(queue, cap, sync_every, iteration)
 
     # -------------------------------------------------- engine internals
@@ -214,11 +310,17 @@ class Attack:
         x_adv = PixelMap.apply(state.z0, state.v)
         return x_adv, self.model(x_adv)
 
+    def _quantized(
+        self, x_adv: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.quantize is not None
+        x_q = quantize(x_adv, self.quantize)
+        return x_q, self.model(x_q).to(scores.dtype)
+
     def _judge(
         self, scores: torch.Tensor, state: SampleState, it: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        left = state.specified.gather(1, topk_indices(scores, self.k)).sum(dim=1)
-        ok = left <= state.max_left
+        ok = self.rule(scores, state.labels, state.specified, state.max_left, state.min_hits)
         finished = ok | (it >= self.max_iter)
         stop = self.gives_up(scores, state)
         return ok, finished if stop is None else finished | stop
@@ -231,8 +333,11 @@ class Attack:
         if not isinstance(item, (tuple, list)) or len(item) != 3:
             raise InputError("every chunk must be a triple (images, labels, specified)")
         images, labels, specified = item
-        name = type(self).__name__ if self.needs_remaining else None
-        check_batch(images, labels, specified, self.k, name)
+        if self.targeted:
+            check_targets_batch(images, labels, specified, self.k)
+        else:
+            name = type(self).__name__ if self.needs_remaining else None
+            check_batch(images, labels, specified, self.k, name)
         if first is not None:
             check_like_first(images, labels, first.x0, first.labels.shape[1])
         device, b = images.device, images.shape[0]
@@ -240,7 +345,11 @@ class Attack:
         specified = specified.to(device).bool()
         x0 = images.detach().contiguous(memory_format=self.memory_format)
         clean_scores = self._clean_scores(x0, labels.shape, cap)
-        required, in_top = required_removals(clean_scores, specified, self.k, threshold)
+        if self.targeted:
+            required = required_targets(specified, threshold)
+        else:
+            required = required_removals(clean_scores, specified, self.k, threshold)[0]
+        bound = self.bounds(clean_scores, labels, specified, required)[0]
         result = AttackResult(
             adv_images=images.detach().clone(),
             success=torch.zeros(b, dtype=torch.bool, device=device),
@@ -251,7 +360,7 @@ class Attack:
             required=required,
         )
         need = self.expected_need(clean_scores, labels, specified).cpu()
-        return Chunk(result, x0, labels, in_top - required, start, need)
+        return Chunk(result, x0, labels, bound, start, need)
 
     @torch.no_grad()
     def _clean_scores(self, x0: torch.Tensor, shape: torch.Size, chunk: int) -> torch.Tensor:
@@ -268,12 +377,17 @@ class Attack:
         """The state of the rows ``rows`` (long, on the chunk's device) of ``chunk`` at
         iterate 0: new tensors, never views of the chunk's."""
         x0 = chunk.x0[rows]
+        labels = chunk.labels[rows]
+        clean_scores = chunk.result.clean_scores[rows]
+        required = chunk.result.required[rows]
+        specified = chunk.result.specified[rows]
         base = SampleState(
             x0=x0,
             z0=to_tanh_space(x0),
             v=torch.zeros_like(x0),
-            labels=chunk.labels[rows],
-            specified=chunk.result.specified[rows],
+            labels=labels,
+            specified=specified,
             max_left=chunk.max_left[rows],
+            min_hits=self.bounds(clean_scores, labels, specified, required)[1],
         )
-        return self.init_state(base, chunk.result.clean_scores[rows])
+        return self.init_state(base, clean_scores)

@@ -10,7 +10,13 @@ from tkmia.attacks.checks import check_int
 from tkmia.errors import InputError
 from tkmia.metrics import topk_mask
 
-__all__ = ["check_batch", "check_like_first", "required_removals"]
+__all__ = [
+    "check_batch",
+    "check_like_first",
+    "check_targets_batch",
+    "required_removals",
+    "required_targets",
+]
 
 
 def _shape(t: object) -> object:
@@ -83,6 +89,64 @@ def check_batch(
             f"{needs_remaining} needs at least one relevant label outside specified "
             f"to take their place; samples {bad} have none"
         )
+
+
+@torch.no_grad()
+def check_targets_batch(images: object, labels: object, targets: object, k: int) -> None:
+    """Check a targeted attack's inputs (SPEC §7.3).
+
+    Args:
+        images: ``(B, C, H, W)`` floating point in [0, 1], finite.
+        labels: ``(B, c)`` 0/1, the relevant labels Y.
+        targets: ``(B, c)`` 0/1, the targets T: ``1 <= |T| <= k`` labels outside Y.
+        k: the top-k; needs ``k < c``.
+
+    Raises:
+        InputError: naming the problem, the samples concerned and what is expected.
+    """
+    images = _check_images(images)
+    b = images.shape[0]
+    for name, mask in (("labels", labels), ("targets", targets)):
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] != b:
+            raise InputError(f"{name} must have shape (B, c) with B = {b}, got {_shape(mask)}")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise InputError(f"{name} must contain only 0 and 1")
+    assert isinstance(labels, torch.Tensor) and isinstance(targets, torch.Tensor)
+    if labels.shape != targets.shape:
+        raise InputError(
+            f"labels and targets must have the same shape, got {tuple(labels.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    c = labels.shape[1]
+    if not k < c:
+        raise InputError(f"k must satisfy 1 <= k < c = {c}, got k = {k}")
+    lab, tgt = labels.bool(), targets.bool()
+    if bool((tgt & lab).any()):
+        bad = _first_rows((tgt & lab).any(dim=1))
+        raise InputError(f"targets must be disjoint from labels; not so for samples {bad}")
+    size = tgt.sum(dim=1)
+    if bool(((size == 0) | (size > k)).any()):
+        bad = _first_rows((size == 0) | (size > k))
+        raise InputError(
+            f"every sample needs 1 <= |targets| <= k = {k} target labels; not so for {bad}"
+        )
+
+
+def required_targets(targets: torch.Tensor, threshold: int | None) -> torch.Tensor:
+    """Per sample, how many targets must be in the top-k, ``(B,)`` long: all of them
+    (``threshold=None``, SPEC §7.3), or ``t`` (at most ``|T|``).
+
+    Raises:
+        InputError: ``t`` is below 1 or above some sample's ``|T|``.
+    """
+    size = targets.sum(dim=1)
+    if threshold is None:
+        return size
+    check_int("threshold", threshold, 1)
+    if bool((size < threshold).any()):
+        bad = _first_rows(size < threshold)
+        raise InputError(f"samples {bad} have fewer targets than the threshold {threshold}")
+    return torch.full_like(size, threshold)
 
 
 def check_like_first(

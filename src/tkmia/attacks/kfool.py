@@ -50,6 +50,8 @@ class KFool(Attack):
         k: as :class:`~tkmia.attacks.Attack`.
         max_iter: as :class:`~tkmia.attacks.Attack`.
         normalize: as :class:`~tkmia.attacks.Attack`.
+        success: as :class:`~tkmia.attacks.Attack`.
+        quantize: as :class:`~tkmia.attacks.Attack`.
         linearize: where the gradients ``g_p`` are taken. ``"image"`` (default, the paper's
             reference code ``kfool_global``): with respect to the pixels ``x'`` in [0, 1]
             that the model sees, while the step ``r`` is added in tanh space.
@@ -118,8 +120,10 @@ class KFool(Attack):
         baseline_targets: str = "relevant",
         stop_when_stalled: bool = True,
         linearize: str = "image",
+        success: str = "paper",
+        quantize: int | None = None,
     ) -> None:
-        super().__init__(model, k, max_iter, normalize)
+        super().__init__(model, k, max_iter, normalize, success, quantize)
         if linearize not in LINEARIZE:
             raise InputError(f"linearize must be one of {LINEARIZE}, got {linearize!r}")
         self.linearize = linearize

@@ -42,12 +42,16 @@ class Iteration:
         step: ``(x_adv, scores, state) -> v``, the next ``v`` ``(n, C, H, W)`` (may be
             computed in place in ``state.v``, and may update the attack's own fields).
         max_iter: at most this many steps per sample.
+        judged: ``(x_adv, scores) -> (x, scores)``, both detached: the image that is judged
+            and returned instead of the iterate, and its scores (a quantised iterate,
+            SPEC §7.2); ``None``: the iterate itself.
     """
 
     evaluate: Callable[[SampleState], tuple[torch.Tensor, torch.Tensor]]
     judge: Callable[[torch.Tensor, SampleState, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     step: Callable[[torch.Tensor, torch.Tensor, SampleState], torch.Tensor]
     max_iter: int
+    judged: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class _WorkingSet:
@@ -131,9 +135,11 @@ def run(
         state.v = state.v.detach().requires_grad_(True)
         with torch.enable_grad():
             x_adv, scores = iteration.evaluate(state)
-        s_det = scores.detach()
+        x_det, s_det = x_adv.detach(), scores.detach()
+        if iteration.judged is not None:
+            x_det, s_det = iteration.judged(x_det, s_det)
         ok, fin = iteration.judge(s_det, state, ws.it)
-        now = Finals(x_adv.detach(), s_det, ok, ws.it)
+        now = Finals(x_det, s_det, ok, ws.it)
         since_check += 1
         check = since_check >= sync_every or bool((ws.it_host >= iteration.max_iter).any())
         newly = None

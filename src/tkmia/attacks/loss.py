@@ -84,6 +84,8 @@ class LossAttack(Attack):
         k: as :class:`~tkmia.attacks.Attack`.
         max_iter: as :class:`~tkmia.attacks.Attack`.
         normalize: as :class:`~tkmia.attacks.Attack`.
+        success: as :class:`~tkmia.attacks.Attack`.
+        quantize: as :class:`~tkmia.attacks.Attack`.
         lr: the learning rate (> 0), in tanh-space units per unit of gradient.
         lam: the penalty weight λ (>= 0; 0 turns the penalty off).
         penalty: ``"w"``: ``(λ/2)‖w‖²`` (weight decay λ on w, as the reference code);
@@ -107,8 +109,10 @@ class LossAttack(Attack):
         max_iter: int,
         penalty: str = "w",
         normalize: Normalize | None = None,
+        success: str = "paper",
+        quantize: int | None = None,
     ) -> None:
-        super().__init__(model, k, max_iter, normalize)
+        super().__init__(model, k, max_iter, normalize, success, quantize)
         self.lr = check_number("lr", lr)
         self.lam = check_number("lam", lam, allow_zero=True)
         if penalty not in ("w", "pixel"):

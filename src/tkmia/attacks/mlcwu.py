@@ -38,8 +38,10 @@ class MLCWU(LossAttack):
         penalty: str = "w",
         normalize: Normalize | None = None,
         baseline_targets: str = "relevant",
+        success: str = "paper",
+        quantize: int | None = None,
     ) -> None:
-        super().__init__(model, k, lr, lam, max_iter, penalty, normalize)
+        super().__init__(model, k, lr, lam, max_iter, penalty, normalize, success, quantize)
         self.eps = None if eps is None else check_number("eps", eps)
         self.baseline_targets = check_targets(baseline_targets)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["EPS", "FLUSH", "PixelMap", "to_pixels", "to_tanh_space"]
+__all__ = ["EPS", "FLUSH", "PixelMap", "quantize", "to_pixels", "to_tanh_space"]
 
 #: pixels are clamped to [EPS, 1 − EPS] before atanh, so that v = 0 gives back x within EPS.
 EPS = 1e-6
@@ -28,6 +28,14 @@ FLUSH = 2.0**-25
 def to_tanh_space(x: torch.Tensor) -> torch.Tensor:
     """``z0 = atanh(2x − 1)`` of pixels ``x`` in [0, 1] (clamped to [EPS, 1 − EPS]), any shape."""
     return torch.atanh(2 * x.clamp(EPS, 1 - EPS) - 1)
+
+
+def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``q(x) = round((2^b − 1)·x) / (2^b − 1)`` of pixels ``x`` (clamped to [0, 1]), any
+    shape: the image a ``b``-bit file stores, read back (SPEC §7.2). For ``b = 8`` this is
+    exactly an 8-bit PNG's ``round(255·x) / 255``."""
+    levels = float(2**bits - 1)
+    return x.clamp(0, 1).mul(levels).round_().div_(levels)
 
 
 def to_pixels(z: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ class Chunk:
         result: the chunk's result, complete once ``left`` is 0.
         x0: ``(B, C, H, W)`` the clean images, in the model's memory layout.
         labels: ``(B, c)`` bool.
-        max_left: ``(B,)`` long, specified labels that may stay in the top-k on success.
+        max_left: ``(B,)`` long, the bound of the success rule (``SampleState.max_left``).
         start: the stream number of its first sample.
         need: ``(B,)`` float on the host: each sample's expected need (longest first).
     """

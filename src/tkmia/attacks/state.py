@@ -29,7 +29,11 @@ class SampleState:
         v: ``(n, C, H, W)`` the attack's variable: the iterate is ``to_pixels(z0 + v)``.
         labels: ``(n, c)`` bool, the relevant labels Y.
         specified: ``(n, c)`` bool, the labels S to hide.
-        max_left: ``(n,)`` long, how many labels of S may stay in the top-k on success.
+        max_left: ``(n,)`` long, the bound of the success rule: how many labels of S may
+            stay in the top-k (an untargeted attack), or how many targets must be in it
+            (a targeted one, :attr:`~tkmia.attacks.Attack.targeted`).
+        min_hits: ``(n,)`` long, how many relevant labels the top-k must keep
+            (``success="preserve"``: the clean image's ``|T_k(x) ∩ Y|``; else 0).
     """
 
     x0: torch.Tensor
@@ -38,6 +42,7 @@ class SampleState:
     labels: torch.Tensor
     specified: torch.Tensor
     max_left: torch.Tensor
+    min_hits: torch.Tensor
 
     @classmethod
     def extend(cls: type[S], base: SampleState, **more: torch.Tensor) -> S:

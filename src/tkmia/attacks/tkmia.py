@@ -39,8 +39,10 @@ class TkMIA(LossAttack):
         max_iter: int = 300,
         penalty: str = "w",
         normalize: Normalize | None = None,
+        success: str = "paper",
+        quantize: int | None = None,
     ) -> None:
-        super().__init__(model, k, lr, lam, max_iter, penalty, normalize)
+        super().__init__(model, k, lr, lam, max_iter, penalty, normalize, success, quantize)
 
     def objective(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
         return tkmia_loss(scores, state.labels, state.specified, self.k)

@@ -33,8 +33,10 @@ class TkMLAPU(LossAttack):
         penalty: str = "w",
         normalize: Normalize | None = None,
         baseline_targets: str = "relevant",
+        success: str = "paper",
+        quantize: int | None = None,
     ) -> None:
-        super().__init__(model, k, lr, lam, max_iter, penalty, normalize)
+        super().__init__(model, k, lr, lam, max_iter, penalty, normalize, success, quantize)
         self.baseline_targets = check_targets(baseline_targets)
 
     def objective(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:

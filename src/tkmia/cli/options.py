@@ -29,7 +29,7 @@ from tkmia.experiments.builtin import (
 )
 from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY, HyperParameter
 from tkmia.experiments.selection import DEFAULT_SCOPE, DEFAULT_TOL, SCOPES
-from tkmia.protocol import SCHEMES
+from tkmia.protocol import SCHEMES, TARGET_CHOICES
 
 
 def _is_int(value: object) -> bool:
@@ -161,6 +161,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         check=POSITIVE,
     ),
     Option("threshold", int, "S2: success needs ΔN >= t", many=True, shown="t = n", check=POSITIVE),
+    Option(
+        "targets",
+        help="targeted methods (tkmlapt): how the n targets per image are chosen (SPEC §7.3)",
+        many=True,
+        default=["random"],
+        choices=TARGET_CHOICES,
+    ),
     Option(
         "samples",
         int,

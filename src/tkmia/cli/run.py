@@ -24,6 +24,8 @@ from tkmia.experiments.builtin import (
     DEFAULT_SAMPLES,
     FALLBACK_BATCH_SIZE,
     FALLBACK_SAMPLES,
+    VARIANT_SAMPLES,
+    with_default_variants,
 )
 from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY
 from tkmia.experiments.settings import (
@@ -60,8 +62,10 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
     """The method configurations of the run: each method × the grid of its hyper-parameters.
 
     Args:
-        opts: the resolved options (``methods``: registry names, default all; ``lr``,
-            ``lam``, ``max_iter``: lists, default each method's own).
+        opts: the resolved options (``methods``: registry names, default all but the
+            targeted ones; on the built-in dataset without any method or hyper-parameter
+            option, plus the built-in benchmark's SPEC §7 variants (``DEFAULT_VARIANTS``);
+            ``lr``, ``lam``, ``max_iter``: lists, default each method's own).
 
     Returns:
         The configurations in run order (see :func:`~tkmia.experiments.settings.method_grid`).
@@ -69,8 +73,19 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
     Raises:
         InputError: an unknown method.
     """
-    methods = opts.get("methods") or list(REGISTRY)
-    return method_grid(methods, {name: opts.get(hp.option) for name, hp in HYPERPARAMETERS.items()})
+    methods = opts.get("methods") or [m for m, spec in REGISTRY.items() if not spec.targeted]
+    values = {name: opts.get(hp.option) for name, hp in HYPERPARAMETERS.items()}
+    configs = method_grid(methods, values)
+    if _builtin_variants(opts):
+        configs = with_default_variants(configs)
+    return configs
+
+
+def _builtin_variants(opts: dict[str, Any]) -> bool:
+    """Whether the run is the built-in benchmark that adds SPEC §7 variants: the built-in
+    dataset, no method and no hyper-parameter option given."""
+    given = any(opts.get(hp.option) for hp in HYPERPARAMETERS.values())
+    return opts.get("dataset", "digits") == "digits" and not opts.get("methods") and not given
 
 
 def check_grid(opts: dict[str, Any]) -> None:
@@ -104,8 +119,11 @@ def build_settings(opts: dict[str, Any], dataset: str, classes: list[str]) -> li
     opts = complete(opts)
     groups = opts.get("groups") or DEFAULT_GROUPS.get(dataset) or list(GROUPS.get(dataset, {}))
     thresholds = opts.get("threshold") or [None]
+    targeted = {REGISTRY[m].targeted for m in opts.get("methods") or [] if m in REGISTRY}
+    schemes = _schemes(opts["scheme"]) if targeted != {True} else []
+    targets = opts["targets"] if True in targeted else []
     return setting_grid(
-        _schemes(opts["scheme"]), opts["k"], groups, opts["n"], thresholds, dataset, classes
+        schemes, opts["k"], groups, opts["n"], thresholds, dataset, classes, targets
     )
 
 
@@ -273,7 +291,10 @@ def command(args: argparse.Namespace) -> int:
     dist, device = init_from_env(opts["device"])  # torchrun: join the process group
     model, dataset, settings, split = _open(plan, device)
     classes = list(dataset.classes)
+    variants = [c.key for c in plan.methods if c.variant] if _builtin_variants(opts) else []
+    few = min(plan.samples, VARIANT_SAMPLES.get(plan.dataset, plan.samples))
     config = RunConfig(
+        method_samples={key: few for key in variants} if few < plan.samples else {},
         dataset=plan.dataset,
         model=plan.model_name,
         settings=settings,

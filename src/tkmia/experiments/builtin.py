@@ -24,6 +24,29 @@ DEFAULT_BATCH_SIZE = {"digits": 256}
 FALLBACK_BATCH_SIZE = 64
 
 
+#: SPEC §7 variants the default run adds next to the paper's rule, per method: TkMIA with
+#: the measure-preserving rule and with 8-bit-proof images (docs/beyond-the-paper.md)
+DEFAULT_VARIANTS: dict[str, list[dict[str, str | int]]] = {
+    "tkmia": [{"success_rule": "preserve"}, {"quantize": 8}],
+}
+
+
+#: images per setting the default variants attack (the first of the selection the paper's
+#: rows attack), so that `make run` stays within 5 minutes (docs/beyond-the-paper.md)
+VARIANT_SAMPLES = {"digits": 100}
+
+
+def with_default_variants(configs: list[MethodConfig]) -> list[MethodConfig]:
+    """``configs`` with :data:`DEFAULT_VARIANTS` of each configuration inserted after it
+    (what `tkmia run` attacks when neither ``--methods`` nor a SPEC §7 option is given)."""
+    out = []
+    for config in configs:
+        out.append(config)
+        for change in DEFAULT_VARIANTS.get(config.method, []):
+            out.append(MethodConfig(config.method, **(config.params | change)))
+    return out
+
+
 def default_method(method: str) -> MethodConfig:
     """The method with its default hyper-parameters.
 

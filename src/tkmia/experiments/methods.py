@@ -28,7 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from tkmia.attacks import MLCWU, Attack, KFool, TkMIA, TkMLAPU
+from tkmia.attacks import MLCWU, Attack, KFool, TkMIA, TkMLAPT, TkMLAPU
+from tkmia.attacks.base import SUCCESS_RULES
 from tkmia.attacks.kfool import LINEARIZE
 from tkmia.errors import InputError
 
@@ -62,6 +63,13 @@ class HyperParameter:
             takes it (a hyper-parameter added after the first results: summaries of runs
             without such a method keep their layout, and older files without the column
             still load, reading the method's ``legacy`` value).
+        keyword: the attack's keyword argument where it differs from ``name``
+            (``success`` for the ``success_rule`` column).
+        implicit: for a hyper-parameter every method takes, added after the first results
+            (SPEC §7), the value that changes nothing: left out of configuration keys (so
+            files written before it existed keep their names and resume), read where a
+            file lacks it, and the method's default where its keyword defaults to ``None``
+            (``quantize``: 0, off). Its column is in a summary only when a row differs.
     """
 
     name: str
@@ -73,6 +81,13 @@ class HyperParameter:
     flag: str | None = None
     choices: tuple[str, ...] = ()
     optional_column: bool = False
+    keyword: str | None = None
+    implicit: Value | None = None
+
+    @property
+    def arg(self) -> str:
+        """The attack's keyword argument."""
+        return self.keyword or self.name
 
     @property
     def option(self) -> str:
@@ -138,6 +153,31 @@ HYPERPARAMETERS: Mapping[str, HyperParameter] = MappingProxyType(
             choices=LINEARIZE,
             optional_column=True,
         ),
+        "success_rule": HyperParameter(
+            "success_rule",
+            "succ",
+            str,
+            "success rule: the paper's, or 'preserve' (the top-k also keeps as many relevant "
+            "labels as the clean image's: TkAcc and P@k cannot drop; SPEC §7.1)",
+            " or ".join(SUCCESS_RULES),
+            lambda v: v in SUCCESS_RULES,
+            flag="success",
+            choices=SUCCESS_RULES,
+            optional_column=True,
+            keyword="success",
+            implicit="paper",
+        ),
+        "quantize": HyperParameter(
+            "quantize",
+            "q",
+            int,
+            "judge success on, and return, the iterate quantised to this many bits per "
+            "channel (8: what a PNG stores; 0: off; SPEC §7.2)",
+            "an integer from 0 (off) to 16",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 16,
+            optional_column=True,
+            implicit=0,
+        ),
     }
 )
 
@@ -155,6 +195,9 @@ class MethodSpec:
             default of ``cls``'s signature (one source of truth: ``TkMIA(model, k)`` and
             ``tkmia run --methods tkmia`` use the same values).
         loss_based: whether it minimises an objective with SGD (``lr`` and ``lam``).
+        targeted: whether it brings target labels into the top-k (SPEC §7.3): it runs on
+            the run's targeted settings only, and the others never; a run without
+            ``--methods`` leaves it out.
         legacy: for a hyper-parameter added to the method after results were written, the
             value those results were made with: what a method JSON or a ``summary.csv`` row
             without it means. A configuration with every one at its legacy value has the
@@ -168,6 +211,7 @@ class MethodSpec:
     takes: tuple[str, ...]
     loss_based: bool
     legacy: Mapping[str, Value] = field(default_factory=dict)
+    targeted: bool = False
     defaults: Mapping[str, Value] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -177,16 +221,27 @@ class MethodSpec:
         if not set(self.legacy) <= set(self.takes):
             raise ValueError(f"{self.name}: a legacy value of a hyper-parameter it lacks")
         params = inspect.signature(self.cls).parameters
-        missing = [h for h in self.takes if h not in params or params[h].default is _EMPTY]
+        args = {h: HYPERPARAMETERS[h].arg for h in self.takes}
+        missing = [h for h, a in args.items() if a not in params or params[a].default is _EMPTY]
         if missing:
             raise ValueError(f"{self.name}: {self.cls} has no keyword default for {missing}")
         order = [h for h in HYPERPARAMETERS if h in self.takes]
-        defaults = {h: params[h].default for h in order}
+        defaults = {h: _default(params[args[h]].default, HYPERPARAMETERS[h]) for h in order}
         object.__setattr__(self, "defaults", MappingProxyType(defaults))
         object.__setattr__(self, "legacy", MappingProxyType(dict(self.legacy)))
 
 
-_LOSS = ("lr", "lam", "max_iter")
+def _default(value: object, hp: HyperParameter) -> Value:
+    """A keyword default as a configuration value (``None``: the hyper-parameter's
+    ``implicit`` value)."""
+    if value is None and hp.implicit is not None:
+        return hp.implicit
+    return value  # type: ignore[return-value]
+
+
+#: SPEC §7's hyper-parameters, which every method takes
+_BEYOND = ("success_rule", "quantize")
+_LOSS = ("lr", "lam", "max_iter", *_BEYOND)
 _EMPTY = inspect.Parameter.empty
 
 #: the methods in the order of the paper's tables
@@ -200,11 +255,12 @@ REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(
                 "kfool",
                 "kFool",
                 KFool,
-                ("max_iter", "overshoot", "linearize"),
+                ("max_iter", "overshoot", "linearize", *_BEYOND),
                 False,
                 legacy={"overshoot": 0.02, "linearize": "tanh"},
             ),
             MethodSpec("mlcwu", "ML-CW-U", MLCWU, _LOSS, True),
+            MethodSpec("tkmlapt", "TkML-AP-T", TkMLAPT, _LOSS, True, targeted=True),
         )
     }
 )

@@ -9,7 +9,7 @@ import torch
 
 from tkmia.experiments.scoring import CleanScores
 from tkmia.experiments.settings import Setting
-from tkmia.protocol import select_global, select_random
+from tkmia.protocol import TARGETED, select_global, select_random, select_targets
 
 
 def first_eligible(
@@ -40,6 +40,11 @@ def first_eligible(
         if setting.scheme == "global":
             assert setting.group_indices is not None  # Setting's invariant for S1
             spec, ok = select_global(labels, scores, setting.group_indices, setting.k)
+        elif setting.scheme == TARGETED:
+            assert setting.n is not None and setting.group is not None
+            spec, ok = select_targets(
+                labels, scores, setting.n, setting.k, setting.group, seed, range(start, stop)
+            )
         else:
             assert setting.n is not None  # Setting's invariant for S2
             spec, ok = select_random(labels, scores, setting.n, setting.k, seed, range(start, stop))
@@ -71,7 +76,8 @@ class SettingPlan:
     Attributes:
         setting: the protocol setting.
         indices: the selected images' dataset indices, in order.
-        specified: ``(len(indices), c)`` bool, each image's specified labels.
+        specified: ``(len(indices), c)`` bool, each image's specified labels (for the
+            targeted scheme its targets).
         skipped: ineligible images met before the last selected one.
         bad: indices of the unreadable images met while selecting.
     """

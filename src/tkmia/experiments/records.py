@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tkmia.attacks import AttackResult
+from tkmia.attacks.pixels import quantize
 from tkmia.files import write_text_atomic
 from tkmia.metrics import (
     ap_at_k,
@@ -63,8 +64,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``round(x · 255) / 255``: the image saved as an 8-bit PNG and read back, in [0, 1]."""
-    return to_uint8(images).to(images.dtype).div(255)
+    """``round(x · 255) / 255``: the image saved as an 8-bit PNG and read back, in [0, 1]
+    (the attacks' ``quantize=8``, :func:`tkmia.attacks.pixels.quantize`)."""
+    return quantize(images.detach(), 8)
 
 
 def make_records(

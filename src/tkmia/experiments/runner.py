@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from tkmia.attacks import AttackResult
+from tkmia.attacks import Attack, AttackResult
 from tkmia.attacks.base import Normalize
 from tkmia.data.common import LabelledDataset
 from tkmia.experiments.chunk_reader import Chunk, ChunkReader
@@ -49,7 +49,6 @@ from tkmia.experiments.scoring import CleanScores
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.experiments.summary import SummaryRow, collect_rows, write_summary
 from tkmia.files import atomic_path
-from tkmia.metrics import removed_count
 from tkmia.normalize import Normalized
 
 
@@ -66,6 +65,8 @@ class RunConfig:
         examples: images per (setting, method) saved for the figures.
         extra: more ``config.json`` entries (e.g. ``classes``, ``split``).
         chunk_size: images per chunk (None: four batches).
+        method_samples: for some configurations (by key), fewer images per setting: the
+            first ones of its selection (the built-in benchmark's SPEC §7 variants).
     """
 
     dataset: str
@@ -78,6 +79,7 @@ class RunConfig:
     examples: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
     chunk_size: int | None = None
+    method_samples: dict[str, int] = field(default_factory=dict)
 
     @property
     def chunk(self) -> int:
@@ -86,27 +88,30 @@ class RunConfig:
 
     def as_json(self) -> dict[str, Any]:
         """The ``config.json`` object (a rerun resumes only with an equal one)."""
-        return {
-            "dataset": self.dataset,
-            "model": self.model,
-            "settings": [s.key for s in self.settings],
-            "methods": [m.key for m in self.methods],
-            "samples": self.samples,
-            "seed": self.seed,
-            "chunk_size": self.chunk,
-        } | self.extra
+        return (
+            {
+                "dataset": self.dataset,
+                "model": self.model,
+                "settings": [s.key for s in self.settings],
+                "methods": [m.key for m in self.methods],
+                "samples": self.samples,
+                "seed": self.seed,
+                "chunk_size": self.chunk,
+            }
+            | ({"method_samples": self.method_samples} if self.method_samples else {})
+            | self.extra
+        )
 
 
 @torch.no_grad()
-def quantised_success(model: nn.Module, result: AttackResult, k: int) -> torch.Tensor:
+def quantised_success(attack: Attack, result: AttackResult, labels: torch.Tensor) -> torch.Tensor:
     """Success ``(B,)`` bool re-measured after the adversarial images are saved as 8-bit
-    PNGs and read back (``round(x · 255) / 255``): the model is scored on the quantised
-    images and the attack's own rule applied (``ΔN >= required``, with ΔN against the
-    clean top-k)."""
+    PNGs and read back (``round(x · 255) / 255``): the attack's model is scored on the
+    quantised images and the attack's own rule applied (``ΔN >= required`` against the
+    clean top-k, SPEC §5; with ``success="preserve"`` also §7.1; for a targeted attack
+    §7.3's)."""
     quantised = quantize_uint8(result.adv_images.detach())
-    scores = model(quantised).to(result.clean_scores.dtype)
-    removed = removed_count(result.clean_scores, scores, result.specified, k)
-    return removed >= result.required.to(removed.device)
+    return attack.rescore(quantised, result, labels)
 
 
 def _save_examples(path: Path, chunk: Chunk, result: AttackResult, n: int) -> None:
@@ -143,9 +148,10 @@ class _Run:
         images its share holds in all."""
         setting_dir = self.out / "records" / plan.setting.key
         done = {r["index"] for r in read_all_records(setting_dir, method.key)}
+        n = min(len(plan.indices), self.config.method_samples.get(method.key, len(plan.indices)))
         mine = [
             [p for p in chunk if plan.indices[p] not in done]
-            for b, chunk in enumerate(chunks(len(plan.indices), self.config.chunk))
+            for b, chunk in enumerate(chunks(n, self.config.chunk))
             if self.dist.owns(b)
         ]
         total = sum(len(chunk) for chunk in mine)
@@ -174,7 +180,7 @@ class _Run:
             for result in results:
                 elapsed = time.perf_counter() - start
                 chunk, reading = reader.finished()
-                self.record(setting, method, chunk, result, elapsed - reading)
+                self.record(setting, method, chunk, result, elapsed - reading, attack)
                 bar.update(len(chunk.positions))
                 start = time.perf_counter()
         bar.close()
@@ -186,12 +192,14 @@ class _Run:
         chunk: Chunk,
         result: AttackResult,
         seconds: float,
+        attack: Attack,
     ) -> None:
         """Append a finished chunk's records (and save the examples of the first chunk).
 
-        ``seconds``: the attack's time on the chunk, less the time spent reading images.
+        ``seconds``: the attack's time on the chunk, less the time spent reading images;
+        ``attack``: the attack that made ``result``.
         """
-        ok8 = quantised_success(self.model, result, setting.k)
+        ok8 = quantised_success(attack, result, chunk.labels)
         if chunk.positions[0] == 0 and self.config.examples > 0:
             path = self.out / "examples" / setting.key / f"{method.key}.safetensors"
             _save_examples(path, chunk, result, min(self.config.examples, len(chunk.indices)))
@@ -254,13 +262,15 @@ def run(
     plans = [plan_setting(cache, s, config.samples, config.seed) for s in config.settings]
     if dist.is_main:
         for plan in plans:
-            write_setting(out, plan, config.methods, config.chunk)
+            methods = [m for m in config.methods if m.runs_on(plan.setting)]
+            write_setting(out, plan, methods, config.chunk)
         report_bad_images(plans, dataset)
     dist.barrier()
     job = _Run(config, model, dataset, out, device, dist, progress)
     for plan in plans:
         for method in config.methods:
-            job.attack(plan, method)
+            if method.runs_on(plan.setting):
+                job.attack(plan, method)
     dist.barrier()
     # the folder's rows: what earlier runs in it attacked as well as this run
     rows = collect_rows(out)

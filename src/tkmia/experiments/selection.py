@@ -1,7 +1,9 @@
 """Which hyper-parameter configuration a run reports (SPEC §5, hyper-parameter search).
 
 A run may try a grid of ``lr`` × ``λ`` × ``max_iter`` per method. The *selection rule*
-picks the configuration reported for each method:
+picks the configuration reported for each method (each SPEC §7 variant of a method, e.g.
+TkMIA with ``success="preserve"``, counts as a method of its own: the rule never trades
+one goal for another):
 
 * rule ``"success"`` (the only one so far): the highest success rate; among the
   configurations whose success rate is within ``tol`` of the best, the smallest APer (mean
@@ -111,7 +113,7 @@ def select_rows(
     if scope == "setting":
         groups: dict[tuple[Any, ...], list[SummaryRow]] = {}
         for row in rows:
-            groups.setdefault((*row.setting_id, row.method), []).append(row)
+            groups.setdefault((*row.setting_id, row.config.family), []).append(row)
         for group in groups.values():
             best = _best([_Candidate(_nan0(r.success_rate), r.aper, r) for r in group], tol)
             chosen.add(id(best))
@@ -123,7 +125,7 @@ def select_rows(
         for (dataset, model, config), group in by_config.items():
             success = _mean([_nan0(r.success_rate) for r in group])
             aper = _mean([r.aper for r in group if not math.isnan(r.aper)])
-            per_method.setdefault((dataset, model, config.method), []).append(
+            per_method.setdefault((dataset, model, config.family), []).append(
                 _Candidate(success, aper, group[0])
             )
         for cands in per_method.values():
@@ -139,9 +141,9 @@ def _nan0(value: float) -> float:
 
 def has_grid(rows: Iterable[SummaryRow]) -> bool:
     """Whether some method was run with more than one configuration."""
-    configs: dict[str, set[MethodConfig]] = {}
+    configs: dict[tuple[str, ...], set[MethodConfig]] = {}
     for row in rows:
-        configs.setdefault(row.method, set()).add(row.config)
+        configs.setdefault(row.config.family, set()).add(row.config)
     return any(len(c) > 1 for c in configs.values())
 
 

@@ -14,14 +14,17 @@ from tkmia.attacks import Attack
 from tkmia.data.groups import resolve_group
 from tkmia.errors import InputError
 from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY, MethodSpec, Value, method_spec
-from tkmia.protocol import check_scheme
+from tkmia.protocol import TARGET_CHOICES, TARGETED, check_scheme
 
 METHODS = tuple(REGISTRY)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One protocol setting: S1 with a label group, or S2 with n labels per image."""
+    """One protocol setting: S1 with a label group, S2 with n labels per image, or the
+    targeted attack's (SPEC §7.3): scheme ``"targeted"``, ``n`` targets per image chosen
+    by ``group`` (``"random"``, ``"best"`` or ``"worst"``); only targeted methods run on it,
+    and they on nothing else."""
 
     scheme: str
     k: int
@@ -36,12 +39,15 @@ class Setting:
         if self.scheme == "global":
             name = "".join(ch if ch.isalnum() else "_" for ch in str(self.group))
             return f"global-k{self.k}-{name}"
+        if self.scheme == TARGETED:
+            return f"targeted-k{self.k}-n{self.n}-{self.group}"
         return f"random-k{self.k}-n{self.n}-t{self.effective_threshold}"
 
     @property
     def effective_threshold(self) -> int | None:
-        """None for S1's rule, else the ΔN a success needs (default n)."""
-        if self.scheme == "global":
+        """None for S1's rule (and the targeted one's), else the ΔN a success needs
+        (default n)."""
+        if self.scheme in ("global", TARGETED):
             return None
         return self.n if self.threshold is None else self.threshold
 
@@ -52,7 +58,8 @@ class MethodConfig:
 
     ``MethodConfig("tkmia", max_iter=300, lr=1e-4, lam=1e-3)``: every hyper-parameter the
     method takes must be given, and none it does not take (``None`` counts as not given, so
-    a row or JSON object with ``lr=None`` for kFool reads back).
+    a row or JSON object with ``lr=None`` for kFool reads back), except SPEC §7's
+    (``success_rule``, ``quantize``), which take their ``implicit`` value when not given.
 
     Attributes:
         method: the registry name.
@@ -71,6 +78,10 @@ class MethodConfig:
                 f"method {method!r} takes no hyper-parameter {unknown}; it takes "
                 f"{list(spec.defaults)}"
             )
+        for name in spec.defaults:  # SPEC §7's options default to their implicit value
+            implicit = HYPERPARAMETERS[name].implicit
+            if name not in given and implicit is not None:
+                given[name] = implicit
         missing = [name for name in spec.defaults if name not in given]
         if missing:
             raise InputError(f"method {method!r} needs {' and '.join(missing)}")
@@ -104,9 +115,31 @@ class MethodConfig:
         return method_spec(self.method)
 
     @property
+    def variant(self) -> tuple[tuple[str, Value], ...]:
+        """The SPEC §7 options set away from their ``implicit`` value (``success_rule``,
+        ``quantize``): ``(("success_rule", "preserve"),)``; ``()`` for the paper's attack.
+        Each variant is a method of its own in tables and in the selection rule."""
+        return tuple(
+            (name, value)
+            for name, value in self.items
+            if HYPERPARAMETERS[name].implicit is not None
+            and value != HYPERPARAMETERS[name].implicit
+        )
+
+    @property
+    def family(self) -> tuple[str, ...]:
+        """The method and its :attr:`variant`: what the selection rule picks one
+        configuration of, and what tables list once."""
+        return (self.method, *(f"{name}={value}" for name, value in self.variant))
+
+    @property
     def title(self) -> str:
-        """What tables and figures call the method."""
-        return self.spec.title
+        """What tables and figures call the method: ``TkMIA``, and for a :attr:`variant`
+        ``TkMIA (preserve)``, ``TkMIA (8-bit)``."""
+        words = [
+            f"{value}-bit" if name == "quantize" else str(value) for name, value in self.variant
+        ]
+        return self.spec.title + (f" ({', '.join(words)})" if words else "")
 
     @property
     def key(self) -> str:
@@ -121,9 +154,14 @@ class MethodConfig:
         parts = [
             HYPERPARAMETERS[name].short + HYPERPARAMETERS[name].text(value)
             for name, value in self.items
-            if not (old and name in legacy)
+            if not (old and name in legacy) and value != HYPERPARAMETERS[name].implicit
         ]
         return "-".join([self.method, *parts])
+
+    def runs_on(self, setting: Setting) -> bool:
+        """Whether the method attacks ``setting``: a targeted method the targeted scheme's
+        settings only, every other method every other setting."""
+        return self.spec.targeted == (setting.scheme == TARGETED)
 
     def build(
         self,
@@ -132,7 +170,8 @@ class MethodConfig:
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> Attack:
         """The attack object for top-``k``."""
-        return self.spec.cls(model, k, normalize=normalize, **self.params)
+        params = {HYPERPARAMETERS[name].arg: value for name, value in self.items}
+        return self.spec.cls(model, k, normalize=normalize, **params)
 
     def as_dict(self) -> dict[str, Any]:
         """``{"method": ..., <every hyper-parameter of the registry>: value or None}``."""
@@ -204,6 +243,7 @@ def setting_grid(
     thresholds: Sequence[int | None],
     dataset: str,
     classes: Sequence[str],
+    targets: Sequence[str] = (),
 ) -> list[Setting]:
     """Every setting of the grid, validated against the dataset's classes.
 
@@ -215,6 +255,8 @@ def setting_grid(
         thresholds: the S2 thresholds (``[None]``: the default threshold, ``t = n``).
         dataset: the dataset's name (for its built-in groups and the messages).
         classes: the dataset's label names, ``c = len(classes)``.
+        targets: the targeted scheme's target choices (SPEC §7.3); for each k, one setting
+            per choice × n after the S1 and S2 ones (none when empty).
 
     Returns:
         The settings in run order: k, then scheme, then group or (n, threshold).
@@ -240,4 +282,9 @@ def setting_grid(
             for n, t in itertools.product(ns, thresholds):
                 check_scheme("random", k, c, n, t)
                 settings.append(Setting("random", k, n=n, threshold=t))
+        for choice, n in itertools.product(targets, ns):
+            if choice not in TARGET_CHOICES:
+                raise InputError(f"--targets must be one of {TARGET_CHOICES}, got {choice!r}")
+            check_scheme(TARGETED, k, c, n, None)
+            settings.append(Setting(TARGETED, k, group=choice, n=n))
     return settings

@@ -21,6 +21,7 @@ from tkmia.experiments.methods import HYPERPARAMETERS
 from tkmia.experiments.records import read_all_records, summarise
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.files import write_text_atomic
+from tkmia.protocol import TARGETED
 
 #: what identifies a row: the run, the setting and the method configuration (the registry's
 #: hyper-parameters, in its order: lr, lam, max_iter, then those added later)
@@ -38,6 +39,11 @@ MEASURE_COLUMNS = [
 ]  # fmt: skip
 #: every column a summary may have, in order (:func:`summary_columns`: those a file has)
 SUMMARY_COLUMNS = KEY_COLUMNS + MEASURE_COLUMNS
+#: the columns of a summary whose rows run every SPEC §7 option (``success_rule``,
+#: ``quantize``) at its implicit value, with kFool rows: the layout before they existed
+PAPER_COLUMNS = [
+    c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETERS or HYPERPARAMETERS[c].implicit is None
+]
 #: columns that measure time, not results: they differ between identical runs.
 TIMING_COLUMNS = ("seconds",)
 _COUNTS = ("attacked", "skipped")
@@ -112,6 +118,8 @@ class SummaryRow:
         s = self.setting
         if s.scheme == "global":
             return f"{self.dataset} · S1 global · group {s.group} · k={s.k}"
+        if s.scheme == TARGETED:
+            return f"{self.dataset} · targeted · {s.group} targets · n={s.n} · k={s.k}"
         return f"{self.dataset} · S2 random · n={s.n} · t={s.effective_threshold} · k={s.k}"
 
     @property
@@ -120,6 +128,8 @@ class SummaryRow:
         s = self.setting
         if s.scheme == "global":
             return f"S1 {s.group}\nk={s.k}"
+        if s.scheme == TARGETED:
+            return f"T {s.group} n={s.n}\nk={s.k}"
         return f"S2 n={s.n} t={s.effective_threshold}\nk={s.k}"
 
     @property
@@ -143,7 +153,7 @@ class SummaryRow:
             "k": s.k,
             "group": s.group,
             "n": s.n,
-            "threshold": "all" if s.scheme == "global" else s.effective_threshold,
+            "threshold": "all" if s.effective_threshold is None else s.effective_threshold,
         } | self.config.as_dict()
         if column in keys:
             return keys[column]
@@ -217,11 +227,15 @@ def _parse(cls: type[SummaryRow], cells: Mapping[str, str]) -> SummaryRow:
     scheme, k = _cell(cells, "scheme", str), _cell(cells, "k", int)
     if scheme == "global":
         setting = Setting("global", k, group=_cell(cells, "group", str))
+    elif scheme == TARGETED:
+        setting = Setting(TARGETED, k, group=_cell(cells, "group", str), n=_cell(cells, "n", int))
     elif scheme == "random":
         n, threshold = _cell(cells, "n", int), _cell(cells, "threshold", int)
         setting = Setting("random", k, n=n, threshold=threshold)
     else:
-        raise InputError(f"summary column 'scheme' holds {scheme!r}; expected global or random")
+        raise InputError(
+            f"summary column 'scheme' holds {scheme!r}; expected global, random or {TARGETED}"
+        )
     measures = {
         f.name: _cell(cells, f.name, int if f.name in _COUNTS else _float)
         for f in fields(cls)
@@ -339,8 +353,14 @@ def _read_setting(path: Path) -> tuple[Setting, int, int, list[int] | None]:
 
 def summary_columns(rows: Sequence[SummaryRow]) -> list[str]:
     """The columns of a summary of ``rows``: :data:`SUMMARY_COLUMNS` less each of
-    :data:`OPTIONAL_COLUMNS` that no row's method takes."""
-    taken = {name for row in rows for name in row.config.params}
+    :data:`OPTIONAL_COLUMNS` that no row's method takes (for one with an ``implicit``
+    value, SPEC §7's ``success_rule`` and ``quantize``: that no row sets otherwise)."""
+    taken = {
+        name
+        for row in rows
+        for name, value in row.config.params.items()
+        if value != HYPERPARAMETERS[name].implicit
+    }
     return [c for c in SUMMARY_COLUMNS if c not in OPTIONAL_COLUMNS or c in taken]
 
 

@@ -18,6 +18,7 @@ def config_label(config: MethodConfig, detailed: bool = False) -> str:
     params = ", ".join(
         f"{SYMBOLS.get(name, HYPERPARAMETERS[name].short)}={value}"
         for name, value in config.params.items()
+        if HYPERPARAMETERS[name].implicit is None  # SPEC §7's options are in the title
     )
     return f"{config.title} ({params})"
 

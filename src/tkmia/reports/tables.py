@@ -52,7 +52,7 @@ def _grouped(rows: Iterable[SummaryRow]) -> dict[str, list[SummaryRow]]:
 
 def _method_label(row: SummaryRow, rows: list[SummaryRow]) -> str:
     """The method's title; with its hyper-parameters when the setting has it more than once."""
-    same = [r for r in rows if r.method == row.method]
+    same = [r for r in rows if r.config.family == row.config.family]
     return config_label(row.config, detailed=len(same) > 1)
 
 
