@@ -33,7 +33,7 @@ DEFAULT_VARIANTS: dict[str, list[dict[str, str | int]]] = {
 
 #: images per setting the default variants attack (the first of the selection the paper's
 #: rows attack), so that `make run` stays within 5 minutes (docs/beyond-the-paper.md)
-VARIANT_SAMPLES = {"digits": 100}
+VARIANT_SAMPLES = {"digits": 50}
 
 
 def with_default_variants(configs: list[MethodConfig]) -> list[MethodConfig]:
