@@ -11,7 +11,7 @@ import torch
 from tkmia.attacks import AttackResult
 from tkmia.errors import InputError
 from tkmia.experiments.records import LABEL_FREE, make_records
-from tkmia.metrics import count_above_half, kth_sigmoid, topk_margin, topk_sigmoid_mass
+from tkmia.score_stats import count_above_half, kth_sigmoid, topk_margin, topk_sigmoid_mass
 
 
 def _sig(v: float) -> float:

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tkmia"
 
 # ------------------------------------------------------------------ the allowed directions
 FOUNDATION = {"errors", "files", "runtime", "normalize"}
-MATH = FOUNDATION | {"metrics", "losses"}
+MATH = FOUNDATION | {"metrics", "losses", "score_stats"}
 CORE = MATH | {"protocol"}
 LIBRARY = CORE | {"attacks", "data", "models", "training"}
 
@@ -30,6 +30,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "normalize": FOUNDATION,
     "metrics": MATH,
     "losses": MATH,
+    "score_stats": MATH,
     "protocol": CORE,
     "attacks": CORE,
     "data": CORE,  # not attacks or models: datasets know nothing of them

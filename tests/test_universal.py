@@ -243,7 +243,8 @@ def test_cli_fits_evaluates_writes_and_resumes(tmp_path: Path, capsys, small_val
 
 
 def test_config_file_keys_are_the_universal_flags(tmp_path: Path) -> None:
-    from tkmia.cli.options import UNIVERSAL_OPTIONS, check_values, complete, load_config
+    from tkmia.cli.options import check_values, complete, load_config
+    from tkmia.cli.universal import UNIVERSAL_OPTIONS
 
     path = tmp_path / "u.toml"
     path.write_text('eps = 3\nfit-samples = 50\nobjectives = ["tkmlapu"]\n')

@@ -10,14 +10,12 @@ The hyper-parameter options come from the method registry's
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tkmia.attacks.universal import OBJECTIVES, Universal
 from tkmia.errors import InputError, MissingFileError
 from tkmia.experiments.builtin import (
     DEFAULT_BATCH_SIZE,
@@ -232,37 +230,6 @@ RUN_OPTIONS: tuple[Option, ...] = (
 OPTIONS = {option.name: option for option in RUN_OPTIONS}
 #: keys accepted in a --config TOML file (the flags' names with '_' for '-')
 CONFIG_KEYS = frozenset(option.name for option in RUN_OPTIONS if option.in_config)
-
-_UNIVERSAL = {
-    name: p.default for name, p in inspect.signature(Universal).parameters.items()
-}  # the attack's keyword defaults: one source of truth
-_POSITIVE_NUMBER = Check("a positive number", lambda v: _of_kind(float, v) and v > 0)
-#: every option of `tkmia universal`: the shared ones of `tkmia run`, then its own
-UNIVERSAL_OPTIONS: tuple[Option, ...] = (
-    *(OPTIONS[name] for name in ("config", "dataset", "root", "csv", "image_size", "model")),
-    Option("split", help="split δ is evaluated on", shown="val, or test for digits and nuswide"),
-    Option("fit_split", help="split δ is fitted on", shown="train"),
-    *(OPTIONS[name] for name in ("k", "groups")),
-    Option("eps", float, "L2 radii of δ (pixels in [0, 1])", many=True,
-           default=[1.0, 2.0, 4.0, 8.0], check=_POSITIVE_NUMBER),
-    Option("objectives", help="tkmia (universal TkMIA), tkmlapu (untargeted baseline)",
-           many=True, default=list(OBJECTIVES), choices=tuple(OBJECTIVES)),
-    Option("fit_samples", int, "eligible images δ is fitted on (the first)", default=2000,
-           check=POSITIVE),
-    Option("samples", int, "eligible images evaluated (the first)", default=1000, check=POSITIVE),
-    Option("lr", float, "step length as a fraction of eps", default=_UNIVERSAL["lr"],
-           check=_POSITIVE_NUMBER),
-    Option("epochs", int, "passes over the fitting images", default=_UNIVERSAL["epochs"],
-           check=POSITIVE),
-    Option("batch_size", int, "images per minibatch", default=_UNIVERSAL["batch_size"],
-           check=POSITIVE),
-    OPTIONS["device"],
-    Option("seed", int, "random seed (the fit's minibatch order)", default=0, check=NON_NEGATIVE),
-    OPTIONS["examples"],
-    Option("out", Path, "results folder; rerunning the same command resumes",
-           shown="results/universal-<dataset>-<model>"),
-    OPTIONS["no_progress"],
-)  # fmt: skip
 
 _KIND_WORDS = {
     str: "a string",

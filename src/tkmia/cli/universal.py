@@ -5,12 +5,18 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 from typing import Any
 
+from tkmia.attacks.universal import OBJECTIVES, Universal
 from tkmia.cli.checks import check_device, check_writable
 from tkmia.cli.options import (
-    UNIVERSAL_OPTIONS,
+    NON_NEGATIVE,
+    OPTIONS,
+    POSITIVE,
+    Check,
+    Option,
     add_options,
     check_values,
     complete,
@@ -19,10 +25,44 @@ from tkmia.cli.options import (
 from tkmia.errors import InputError, MissingFileError
 from tkmia.experiments.builtin import DEFAULT_GROUPS
 
+_UNIVERSAL = {
+    name: p.default for name, p in inspect.signature(Universal).parameters.items()
+}  # the attack's keyword defaults: one source of truth
+_POSITIVE_NUMBER = Check(
+    "a positive number",
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+)
+#: every option of `tkmia universal`: the shared ones of `tkmia run`, then its own
+UNIVERSAL_OPTIONS: tuple[Option, ...] = (
+    *(OPTIONS[name] for name in ("config", "dataset", "root", "csv", "image_size", "model")),
+    Option("split", help="split δ is evaluated on", shown="val, or test for digits and nuswide"),
+    Option("fit_split", help="split δ is fitted on", shown="train"),
+    *(OPTIONS[name] for name in ("k", "groups")),
+    Option("eps", float, "L2 radii of δ (pixels in [0, 1])", many=True,
+           default=[1.0, 2.0, 4.0, 8.0], check=_POSITIVE_NUMBER),
+    Option("objectives", help="tkmia (universal TkMIA), tkmlapu (untargeted baseline)",
+           many=True, default=list(OBJECTIVES), choices=tuple(OBJECTIVES)),
+    Option("fit_samples", int, "eligible images δ is fitted on (the first)", default=2000,
+           check=POSITIVE),
+    Option("samples", int, "eligible images evaluated (the first)", default=1000, check=POSITIVE),
+    Option("lr", float, "step length as a fraction of eps", default=_UNIVERSAL["lr"],
+           check=_POSITIVE_NUMBER),
+    Option("epochs", int, "passes over the fitting images", default=_UNIVERSAL["epochs"],
+           check=POSITIVE),
+    Option("batch_size", int, "images per minibatch", default=_UNIVERSAL["batch_size"],
+           check=POSITIVE),
+    OPTIONS["device"],
+    Option("seed", int, "random seed (the fit's minibatch order)", default=0, check=NON_NEGATIVE),
+    OPTIONS["examples"],
+    Option("out", Path, "results folder; rerunning the same command resumes",
+           shown="results/universal-<dataset>-<model>"),
+    OPTIONS["no_progress"],
+)  # fmt: skip
+
 
 def add_parser(sub: Any) -> None:
     """Add the `universal` subcommand (its flags from
-    :data:`~tkmia.cli.options.UNIVERSAL_OPTIONS`).
+    :data:`UNIVERSAL_OPTIONS`).
 
     Args:
         sub: the ``add_subparsers()`` object of the `tkmia` parser.

@@ -27,8 +27,6 @@ from tkmia.attacks.pixels import quantize
 from tkmia.files import write_text_atomic
 from tkmia.metrics import (
     ap_at_k,
-    count_above_half,
-    kth_sigmoid,
     l2_norm,
     linf_norm,
     ndcg_at_k,
@@ -37,9 +35,8 @@ from tkmia.metrics import (
     removed_count,
     ssim,
     topk_accuracy,
-    topk_margin,
-    topk_sigmoid_mass,
 )
+from tkmia.score_stats import count_above_half, kth_sigmoid, topk_margin, topk_sigmoid_mass
 
 MEASURES = {
     "tkacc": topk_accuracy,

@@ -1,0 +1,90 @@
+"""Label-free statistics of the scores: what a deployed monitor, which has no labels, can
+watch (SPEC §7.5). Each takes logits ``(B, c)`` and returns ``(B,)``, like the measures of
+:mod:`tkmia.metrics`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tkmia.errors import InputError
+
+__all__ = ["count_above_half", "kth_sigmoid", "topk_margin", "topk_sigmoid_mass"]
+
+
+def _check_scores(scores: torch.Tensor, k: int, *, below_c: bool) -> None:
+    if scores.dim() != 2:
+        raise InputError(f"scores must have shape (B, c), got {tuple(scores.shape)}")
+    c = scores.shape[1]
+    top = c - 1 if below_c else c
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top:
+        bound = "k < c" if below_c else "k <= c"
+        raise InputError(f"k must be an integer with 1 <= {bound} = {c}, got {k!r}")
+
+
+def kth_sigmoid(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``σ(f_[k])``: the sigmoid of the k-th largest score (the top-k's weakest label).
+
+    Args:
+        scores: ``(B, c)`` logits.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, in (0, 1).
+
+    Raises:
+        InputError: ``scores`` not ``(B, c)`` or ``k`` out of range.
+    """
+    _check_scores(scores, k, below_c=False)
+    return torch.sigmoid(scores.topk(k, dim=1).values[:, -1])
+
+
+def topk_sigmoid_mass(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``Σ_{j<=k} σ(f_[j])``: the sum of the top-k sigmoid scores.
+
+    Args:
+        scores: ``(B, c)`` logits.
+        k: ``1 <= k <= c``.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, in (0, k).
+
+    Raises:
+        InputError: ``scores`` not ``(B, c)`` or ``k`` out of range.
+    """
+    _check_scores(scores, k, below_c=False)
+    return torch.sigmoid(scores.topk(k, dim=1).values).sum(dim=1)
+
+
+def topk_margin(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``f_[k] − f_[k+1]``: the gap in logits between the top-k and the rest (>= 0).
+
+    Args:
+        scores: ``(B, c)`` logits.
+        k: ``1 <= k < c``.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, non-negative.
+
+    Raises:
+        InputError: ``scores`` not ``(B, c)`` or ``k`` out of range.
+    """
+    _check_scores(scores, k, below_c=True)
+    top = scores.topk(k + 1, dim=1).values
+    return top[:, k - 1] - top[:, k]
+
+
+def count_above_half(scores: torch.Tensor) -> torch.Tensor:
+    """The number of labels with ``σ(f_i) > 0.5`` (logit above 0), as a float.
+
+    Args:
+        scores: ``(B, c)`` logits.
+
+    Returns:
+        ``(B,)`` in ``scores``' dtype, integers in ``[0, c]``.
+
+    Raises:
+        InputError: ``scores`` not ``(B, c)``.
+    """
+    _check_scores(scores, 1, below_c=False)
+    return (torch.sigmoid(scores) > 0.5).sum(dim=1).to(scores.dtype)
