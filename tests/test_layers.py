@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tkmia"
 
 # ------------------------------------------------------------------ the allowed directions
 FOUNDATION = {"errors", "files", "runtime", "normalize"}
-MATH = FOUNDATION | {"metrics", "losses", "score_stats"}
+MATH = FOUNDATION | {"metrics", "losses", "score_stats", "certificate"}
 CORE = MATH | {"protocol"}
 LIBRARY = CORE | {"attacks", "data", "models", "training"}
 
@@ -31,6 +31,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "metrics": MATH,
     "losses": MATH,
     "score_stats": MATH,
+    "certificate": MATH,
     "protocol": CORE,
     "attacks": CORE,
     "data": CORE,  # not attacks or models: datasets know nothing of them

@@ -219,3 +219,46 @@ def test_resnet_end_to_end_train_reload_attack(tmp_path: Path, capsys) -> None:
     rows = (res / "summary.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("voc2012,best,random,5,")
     assert capsys.readouterr().out.rstrip().endswith(f"results: {res}")
+
+
+class _Recorder(torch.nn.Module):
+    """A tiny net that keeps the pixel batches it was trained on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 20)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.lin(x.mean(dim=(2, 3)))
+
+
+def _pixels_trained_on(tmp_path: Path, noise: float) -> tuple[torch.Tensor, dict]:
+    train, test = Digits("train", size=32), Digits("val", size=16)
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, noise=noise)
+    net = _Recorder()
+    train_model(
+        Normalized(net, [0.0] * 3, [1.0] * 3), train, test, config, tmp_path, _meta(),
+        progress=False, log=lambda _: None,
+    )  # fmt: skip
+    return torch.cat(net.seen), json.loads((tmp_path / "best.json").read_text())["train"]
+
+
+def test_noise_training_adds_clipped_gaussian_noise_to_the_pixels(tmp_path: Path) -> None:
+    clean, saved_clean = _pixels_trained_on(tmp_path / "clean", 0.0)
+    noisy, saved_noisy = _pixels_trained_on(tmp_path / "noisy", 0.5)
+    # without noise, the batches are the dataset's images (the option adds no draw)
+    dataset = Digits("train", size=32)
+    flat = torch.stack([dataset[i][0] for i in range(32)]).flatten(1)
+    assert sorted(clean.flatten(1).tolist()) == sorted(flat.tolist())
+    # with noise: the same shuffle, pixels clipped to [0, 1], N(0, σ²) away from the clip
+    assert noisy.min() >= 0.0 and noisy.max() <= 1.0
+    assert not torch.equal(noisy, clean)
+    middle = (clean > 0.3) & (clean < 0.7)
+    assert int(middle.sum()) > 1000
+    inside = middle & (noisy > 0.0) & (noisy < 1.0)
+    assert float((noisy - clean)[middle].std()) == pytest.approx(0.5, rel=0.3)
+    assert float((noisy - clean)[inside].abs().max()) > 0.5
+    assert "noise" not in saved_clean and saved_noisy["noise"] == 0.5

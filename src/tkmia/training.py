@@ -51,6 +51,8 @@ class TrainConfig:
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
         weight_decay: L2 weight decay.
         hflip: flip half of each batch left-right (photographs; not for digits).
+        noise: σ of the Gaussian noise added to every training image, clipped to [0, 1]
+            (Cohen et al. 2019's data augmentation for randomized smoothing); 0: none.
         seed: seeds the initial shuffle order and the flips.
         num_workers: DataLoader worker processes (0 reads in the main process).
     """
@@ -61,6 +63,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 1e-4
     hflip: bool = False
+    noise: float = 0.0
     seed: int = 0
     num_workers: int = 0
 
@@ -77,6 +80,16 @@ class TrainConfig:
             raise InputError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.weight_decay < 0:
             raise InputError(f"weight decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.noise, (int, float)) and 0 <= self.noise < math.inf):
+            raise InputError(f"--noise must be a number >= 0, got {self.noise!r}")
+
+    def saved(self) -> dict[str, Any]:
+        """The config as saved with a run; ``noise`` only when set, so that the states of
+        runs from before the option resume as they were."""
+        config = asdict(self)
+        if not self.noise:
+            del config["noise"]
+        return config
 
 
 @torch.no_grad()
@@ -184,7 +197,8 @@ def train_model(
         )
         started = time.perf_counter()
         loss = _train_epoch(
-            model, optimizer, loader, generator, config, device, progress,
+            model, optimizer, loader, (generator, _noise_generator(config, epoch)), config,
+            device, progress,
             epoch=epoch, first_step=epoch * steps_per_epoch,
             total_steps=steps_per_epoch * config.epochs,
         )  # fmt: skip
@@ -217,7 +231,7 @@ def _resume(
     if not (state_path.is_file() and (out / "last.safetensors").is_file()):
         return 0, -1.0, []
     state = _read_train_state(state_path)
-    if state.get("config") != asdict(config) or state.get("classes") != list(meta["classes"]):
+    if state.get("config") != config.saved() or state.get("classes") != list(meta["classes"]):
         raise InputError(
             f"{str(out)!r} holds a training run with other settings; use another --out "
             "or delete that folder"
@@ -233,7 +247,7 @@ def _train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
-    generator: torch.Generator,
+    generators: tuple[torch.Generator, torch.Generator],
     config: TrainConfig,
     device: str,
     progress: bool,
@@ -243,7 +257,9 @@ def _train_epoch(
     total_steps: int,
 ) -> float:
     """One epoch of BCE training (learning-rate schedule per step, optional horizontal
-    flips drawn from ``generator``); returns the mean training loss."""
+    flips and Gaussian noise drawn from ``generators``: (flips, noise)); returns the mean
+    training loss."""
+    generator, noise_generator = generators
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
     running, seen = 0.0, 0
@@ -255,6 +271,9 @@ def _train_epoch(
         if config.hflip:
             flip = torch.rand(images.shape[0], generator=generator) < 0.5
             images[flip.to(device)] = images[flip.to(device)].flip(-1)
+        if config.noise:
+            noise = torch.randn(images.shape, generator=noise_generator).to(device)
+            images = (images + config.noise * noise).clamp_(0.0, 1.0)
         loss = loss_fn(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -263,6 +282,11 @@ def _train_epoch(
         seen += images.shape[0]
         bar.set_postfix(loss=f"{running / seen:.4f}")
     return running / max(seen, 1)
+
+
+def _noise_generator(config: TrainConfig, epoch: int) -> torch.Generator:
+    """The training noise's own stream (the shuffle's is left as it was without noise)."""
+    return torch.Generator().manual_seed(config.seed * 100_003 + epoch + 7_919)
 
 
 def _save_epoch(
@@ -278,7 +302,7 @@ def _save_epoch(
 ) -> None:
     """Write ``last`` (and ``best`` when ``improved``) checkpoints and the resumable state."""
     epoch_meta = {
-        **meta, "test_map": history[-1]["test_map"], "epoch": epoch + 1, "train": asdict(config)
+        **meta, "test_map": history[-1]["test_map"], "epoch": epoch + 1, "train": config.saved()
     }  # fmt: skip
     if improved:
         save_checkpoint(out / "best.safetensors", model, epoch_meta)
@@ -290,7 +314,7 @@ def _save_epoch(
                 "epoch": epoch,
                 "best_map": best_map,
                 "history": json.dumps(history),
-                "config": asdict(config),
+                "config": config.saved(),
                 "classes": list(meta["classes"]),
             },
             tmp,

@@ -65,6 +65,13 @@ def add_parser(sub: Any) -> None:
     train.add_argument(
         "--image-size", type=int, help="image side in pixels (default: the dataset's)"
     )
+    train.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="Gaussian noise σ added to every training image (pixels in [0, 1], clipped), "
+        "so that the model is useful under randomized smoothing (tkmia certify) (default: 0)",
+    )
     train.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -100,6 +107,7 @@ def _check(args: argparse.Namespace) -> tuple[str, Any, Path]:
         lr=args.lr if args.lr is not None else lr,
         optimizer=args.optimizer or optimizer,
         hflip=hflip,
+        noise=args.noise,
         seed=args.seed,
         num_workers=args.num_workers,
     )
