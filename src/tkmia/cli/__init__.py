@@ -23,7 +23,7 @@ __all__ = ["EXIT_USAGE", "build_parser", "main"]
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: the subcommands, in the order of `tkmia --help`
-COMMANDS = ("run", "train", "report", "inspect", "universal", "audit")
+COMMANDS = ("run", "train", "report", "inspect", "universal", "audit", "certify")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,171 @@
+"""`tkmia certify`: certified top-k robustness by randomized smoothing (MultiGuard, SPEC
+§7.8): how many relevant labels provably stay in the smoothed top-k within an L2 radius."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.options import (
+    NON_NEGATIVE,
+    OPTIONS,
+    POSITIVE,
+    Check,
+    Option,
+    add_options,
+    check_values,
+    complete,
+    resolve_options,
+)
+from tkmia.errors import InputError
+
+_POSITIVE_NUMBER = Check(
+    "a positive number",
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+)
+_RADIUS = Check(
+    "a number >= 0",
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
+)
+_ALPHA = Check(
+    "a number in (0, 1)", lambda v: isinstance(v, float) and 0 < v < 1
+)
+#: the default radius grid: 0 to 1 in steps of 0.05 (pixels in [0, 1])
+DEFAULT_RADII = [round(0.05 * i, 2) for i in range(21)]
+
+#: every option of `tkmia certify`: the shared ones of `tkmia run`, then its own
+CERTIFY_OPTIONS: tuple[Option, ...] = (
+    *(OPTIONS[name] for name in ("config", "dataset", "root", "csv", "split", "image_size",
+                                 "model", "normalize", "classes")),
+    Option("sigma", float, "noise levels σ of the smoothing (pixels in [0, 1])", many=True,
+           default=[0.25, 0.5], check=_POSITIVE_NUMBER),
+    Option("n", int, "noisy copies per image", default=1000, check=POSITIVE),
+    Option("alpha", float, "failure probability of the bounds per image", default=0.001,
+           check=_ALPHA),
+    Option("k", int, "the smoothed classifier's top-k", default=3, check=POSITIVE),
+    Option("k_prime", int, "the base model's top-k' that is counted", default=1,
+           check=POSITIVE),
+    Option("radii", float, "L2 radii R of the certificate", many=True, default=DEFAULT_RADII,
+           check=_RADIUS),
+    Option("samples", int, "images certified (the first with a relevant label)", default=100,
+           check=POSITIVE),
+    Option("batch_size", int, "noisy images per forward pass", default=500, check=POSITIVE),
+    OPTIONS["device"],
+    Option("seed", int, "random seed of the noise", default=0, check=NON_NEGATIVE),
+    Option("out", Path, "results folder; rerunning the same command resumes",
+           shown="results/certify-<dataset>-<model>"),
+    OPTIONS["no_progress"],
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CertifyOptions:
+    """`tkmia certify`'s options, checked (built only by :func:`certify_options`)."""
+
+    dataset: str
+    root: Path | None
+    csv: Path | None
+    split: str
+    image_size: int | None
+    model: Any  # a tkmia.models.ModelSource
+    normalize: str | None
+    classes: Path | None
+    sigmas: tuple[float, ...]
+    n: int
+    alpha: float
+    k: int
+    k_prime: int
+    radii: tuple[float, ...]
+    samples: int
+    batch_size: int
+    device: str
+    seed: int
+    out: Path
+
+
+def add_parser(sub: Any) -> None:
+    """Add the `certify` subcommand (its flags from :data:`CERTIFY_OPTIONS`).
+
+    Args:
+        sub: the ``add_subparsers()`` object of the `tkmia` parser.
+    """
+    parser = sub.add_parser(
+        "certify",
+        help="certify top-k robustness by randomized smoothing (MultiGuard)",
+        description="Count the base model's top-k' labels over --n Gaussian noise draws of "
+        "each image, and certify how many relevant labels stay in the smoothed top-k for "
+        "every L2 perturbation of norm <= R.",
+    )
+    add_options(parser, CERTIFY_OPTIONS)
+
+
+def certify_options(args: argparse.Namespace) -> CertifyOptions:
+    """The command line and config file, checked once, as :class:`CertifyOptions`.
+
+    Raises:
+        InputError, MissingFileError: the first mistake found.
+    """
+    from tkmia.cli.run import check_model_options
+    from tkmia.data.factory import DATASETS, EVAL_SPLIT
+
+    opts = complete(resolve_options(args, CERTIFY_OPTIONS), CERTIFY_OPTIONS)
+    check_values(opts, CERTIFY_OPTIONS)
+    dataset = opts["dataset"]
+    if dataset not in DATASETS:
+        raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
+    check_device(opts["device"])
+    source = check_model_options(opts)
+    if source.kind == "builtin" and dataset != "digits":
+        raise InputError(f"dataset {dataset!r} needs --model (the built-in model is for digits)")
+    out = Path(opts.get("out") or Path("results") / f"certify-{dataset}-{source.name}")
+    check_writable(out)
+    return CertifyOptions(
+        dataset, opts.get("root"), opts.get("csv"),
+        opts.get("split") or EVAL_SPLIT.get(dataset, "val"), opts.get("image_size"), source,
+        opts.get("normalize"), opts.get("classes"), tuple(dict.fromkeys(opts["sigma"])),
+        opts["n"], opts["alpha"], opts["k"], opts["k_prime"],
+        tuple(sorted(set(opts["radii"]))), opts["samples"], opts["batch_size"],
+        opts["device"], opts["seed"], out,
+    )  # fmt: skip
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run `tkmia certify`: count, record, certify; write tables and the figure.
+
+    Returns:
+        The exit code, 0.
+
+    Raises:
+        InputError, MissingFileError: a user mistake.
+    """
+    from tkmia.data.digits import CANVAS
+    from tkmia.data.factory import DEFAULT_IMAGE_SIZE, open_dataset
+    from tkmia.experiments.certify import CertifyConfig, run_certify
+    from tkmia.models import fit_model, open_model
+    from tkmia.reports.certify import render_certify
+
+    o = certify_options(args)
+    dataset = open_dataset(o.dataset, o.split, o.root, o.image_size, o.csv, seed=0)
+    classes = list(dataset.classes)
+    if o.k > len(classes) or o.k_prime > len(classes):
+        raise InputError(f"--k and --k-prime must be at most the {len(classes)} labels")
+    model, info = open_model(o.model, o.device, num_classes=len(classes),
+                             normalize=o.normalize, classes=o.classes)  # fmt: skip
+    size = o.image_size or DEFAULT_IMAGE_SIZE.get(o.dataset, CANVAS)
+    model = fit_model(model, info, classes, size, o.device, o.dataset)
+    config = CertifyConfig(
+        o.dataset, o.model.name, o.split, o.sigmas, o.n, o.k_prime, o.seed, o.samples,
+        o.batch_size, o.k, o.alpha, o.radii,
+    )  # fmt: skip
+    print(
+        f"tkmia certify: {o.dataset} ({o.split}), model {o.model.name}, {o.samples} images, "
+        f"sigma {', '.join(f'{s:g}' for s in o.sigmas)}, n = {o.n}",
+        flush=True,
+    )
+    rows = run_certify(config, model, dataset, o.out, o.device, log=print)
+    print(render_certify(o.out, rows, f"{o.dataset} · {o.model.name}"))
+    print(f"results: {o.out}")
+    return 0
