@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 
 def atk_loop(a: list[float], m: int) -> float:
     """ATk_m: the mean of the m largest entries."""
@@ -128,3 +130,47 @@ def tkmlapt_loop(f: list[float], t: list[int], k: int) -> float:
     """TkML-AP-T's loss of one sample (SPEC §7.3): ``Σ_{j∈T} max(f_[k] − f_j, 0)``."""
     kth = sorted(f, reverse=True)[k - 1]
     return sum(max(kth - f[j], 0.0) for j in range(len(f)) if t[j])
+
+
+_N01 = NormalDist()
+
+
+def _phi(x: float) -> float:
+    if x == float("inf"):
+        return 1.0
+    if x == float("-inf"):
+        return 0.0
+    return _N01.cdf(x)
+
+
+def _phi_inv(p: float) -> float:
+    p = min(max(p, 0.0), 1.0)
+    if p <= 0.0:
+        return float("-inf")
+    if p >= 1.0:
+        return float("inf")
+    return _N01.inv_cdf(p)
+
+
+def multiguard_e(lower, upper, relevant, k, r, sigma, k_prime):  # noqa: ANN001, ANN201
+    """MultiGuard's certified intersection size e(R) for one image, as Theorem 1 reads
+    (SPEC §7.8): plain-Python float64 loops over e, u and v, no numpy or scipy."""
+    c = len(lower)
+    a = sorted((lower[i] for i in range(c) if relevant[i]), reverse=True)
+    b = sorted((upper[i] for i in range(c) if not relevant[i]), reverse=True)
+    d = len(a)
+    a += [0.0] * (c - len(a))
+    b += [0.0] * (c - len(b))
+    for e in range(min(d, k), 0, -1):
+        s = k - e + 1
+        lhs = _phi(_phi_inv(a[e - 1]) - r / sigma)
+        for u in range(1, d - e + 2):
+            total = sum(a[e - 1 : e - 1 + u])
+            lhs = max(lhs, k_prime / u * _phi(_phi_inv(total / k_prime) - r / sigma))
+        rhs = _phi(_phi_inv(b[s - 1]) + r / sigma)
+        for v in range(1, s + 1):
+            total = sum(b[s - v : s])
+            rhs = min(rhs, k_prime / v * _phi(_phi_inv(total / k_prime) + r / sigma))
+        if lhs > rhs:
+            return e
+    return 0

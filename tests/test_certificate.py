@@ -4,8 +4,6 @@ Theorem 1 (``statistics.NormalDist``, no numpy, no scipy) for ``e(R)``."""
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import numpy as np
 import pytest
 import torch
@@ -15,47 +13,7 @@ from tkmia.certificate import certified_intersection, label_bounds
 from tkmia.errors import InputError
 from tkmia.models.smoothed import Smoothed
 
-_N01 = NormalDist()
-
-
-def _phi(x: float) -> float:
-    if x == float("inf"):
-        return 1.0
-    if x == float("-inf"):
-        return 0.0
-    return _N01.cdf(x)
-
-
-def _phi_inv(p: float) -> float:
-    p = min(max(p, 0.0), 1.0)
-    if p <= 0.0:
-        return float("-inf")
-    if p >= 1.0:
-        return float("inf")
-    return _N01.inv_cdf(p)
-
-
-def _brute_e(lower, upper, relevant, k, r, sigma, k_prime):  # noqa: ANN001, ANN202
-    """e(R) for one image, as Theorem 1 reads: loops over e, u and v."""
-    c = len(lower)
-    a = sorted((lower[i] for i in range(c) if relevant[i]), reverse=True)
-    b = sorted((upper[i] for i in range(c) if not relevant[i]), reverse=True)
-    d = len(a)
-    a += [0.0] * (c - len(a))
-    b += [0.0] * (c - len(b))
-    for e in range(min(d, k), 0, -1):
-        s = k - e + 1
-        lhs = _phi(_phi_inv(a[e - 1]) - r / sigma)
-        for u in range(1, d - e + 2):
-            total = sum(a[e - 1 : e - 1 + u])
-            lhs = max(lhs, k_prime / u * _phi(_phi_inv(total / k_prime) - r / sigma))
-        rhs = _phi(_phi_inv(b[s - 1]) + r / sigma)
-        for v in range(1, s + 1):
-            total = sum(b[s - v : s])
-            rhs = min(rhs, k_prime / v * _phi(_phi_inv(total / k_prime) + r / sigma))
-        if lhs > rhs:
-            return e
-    return 0
+from _brute import multiguard_e as _brute_e
 
 
 def _random_counts(  # noqa: ANN202

@@ -30,9 +30,7 @@ _RADIUS = Check(
     "a number >= 0",
     lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
 )
-_ALPHA = Check(
-    "a number in (0, 1)", lambda v: isinstance(v, float) and 0 < v < 1
-)
+_ALPHA = Check("a number in (0, 1)", lambda v: isinstance(v, float) and 0 < v < 1)
 #: the default radius grid: 0 to 1 in steps of 0.05 (pixels in [0, 1])
 DEFAULT_RADII = [round(0.05 * i, 2) for i in range(21)]
 

@@ -181,9 +181,15 @@ def certify_rows(
     n_images, n_relevant = len(records), float(relevant.sum())
     return [
         CertifyRow(
-            sigma, float(r), config.k, float(e[:, j].sum()) / (config.k * n_images),
-            float(e[:, j].sum()) / n_relevant, float((e[:, j] == 0).mean()),
-            hits / (config.k * n_images), hits / n_relevant, n_images,
+            sigma,
+            float(r),
+            config.k,
+            float(e[:, j].sum()) / (config.k * n_images),
+            float(e[:, j].sum()) / n_relevant,
+            float((e[:, j] == 0).mean()),
+            hits / (config.k * n_images),
+            hits / n_relevant,
+            n_images,
         )  # fmt: skip
         for j, r in enumerate(radii)
     ]
