@@ -169,3 +169,22 @@ def test_smoothed_counts_match_a_one_draw_at_a_time_loop() -> None:
     assert Smoothed(model, 0.5, 2, 7, 100, 5).counts(images[1:2], ids=[11])[0].tolist() == (
         counts[1].tolist()
     )
+
+
+def test_smoothed_scores_average_the_softmax_over_their_own_noise() -> None:
+    from tkmia.models.smoothed import SmoothedScores
+
+    model = _Linear()
+    images = torch.rand(2, 3, 2, 2, generator=torch.Generator().manual_seed(2))
+    state = torch.get_rng_state()
+    surrogate = SmoothedScores(model, sigma=0.3, m=5, seed=9)
+    x = images.clone().requires_grad_(True)
+    out = surrogate(x)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
+    g = torch.Generator().manual_seed(9)
+    noise = torch.randn((2, 5, 3, 2, 2), generator=g)
+    noisy = (images[:, None] + 0.3 * noise).clamp(0, 1).flatten(0, 1)
+    want = model(noisy)["logits"].softmax(dim=1).view(2, 5, -1).mean(dim=1).log()
+    torch.testing.assert_close(out, want)
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
+    assert grad.abs().sum() > 0

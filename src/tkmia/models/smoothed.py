@@ -15,7 +15,7 @@ from torch import nn
 from tkmia.errors import InputError
 from tkmia.models.outputs import logits_of
 
-__all__ = ["Smoothed"]
+__all__ = ["Smoothed", "SmoothedScores"]
 
 
 class Smoothed:
@@ -119,3 +119,39 @@ class Smoothed:
         counts = self.counts(images, ids)
         order = torch.sort(-counts, dim=1, stable=True).indices[:, :k]
         return torch.zeros_like(counts, dtype=torch.bool).scatter_(1, order, True)
+
+
+class SmoothedScores(nn.Module):
+    """A differentiable Monte-Carlo stand-in for the smoothed classifier, to attack it
+    (expectation over transformation): ``log mean_η softmax(f(clip(x + η, 0, 1)))``.
+
+    The softmax of the base scores is the soft version of "label i is the base top-1",
+    so its mean over noise estimates ``p_i`` (exactly so for ``k' = 1``, a proxy that ranks
+    the same way for larger ``k'``); the log keeps the scores' ranking and gives an attack
+    logit-like values. Every call draws ``m`` fresh noise samples per image from the
+    module's own generator (seeded), never from the global one.
+
+    Args:
+        model: images ``(B, C, H, W)`` in [0, 1] → scores (any form ``logits_of`` reads).
+        sigma: the noise's standard deviation (pixel units, > 0).
+        m: noise draws per image and call (>= 1).
+        seed: the generator's seed.
+    """
+
+    def __init__(self, model: nn.Module, sigma: float, m: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        if not (isinstance(sigma, (int, float)) and 0 < sigma < float("inf")):
+            raise InputError(f"sigma must be a positive number, got {sigma!r}")
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise InputError(f"m must be a positive integer, got {m!r}")
+        self.model, self.sigma, self.m = model, float(sigma), m
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, c)`` log of the Monte-Carlo mean of the base softmax over ``m`` draws."""
+        b = images.shape[0]
+        noise = torch.randn((b, self.m, *images.shape[1:]), generator=self.generator)
+        noisy = (images[:, None] + self.sigma * noise.to(images)).clamp(0.0, 1.0)
+        scores = logits_of(self.model(noisy.flatten(0, 1)))
+        probs = scores.softmax(dim=1).view(b, self.m, -1).mean(dim=1)
+        return probs.clamp_min(1e-12).log()
