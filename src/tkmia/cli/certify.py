@@ -31,13 +31,19 @@ _RADIUS = Check(
     lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
 )
 _ALPHA = Check("a number in (0, 1)", lambda v: isinstance(v, float) and 0 < v < 1)
+#: the shipped built-in variant certified by default on digits (trained with this noise)
+NOISE_MODEL = "noise0.25"
 #: the default radius grid: 0 to 1 in steps of 0.05 (pixels in [0, 1])
 DEFAULT_RADII = [round(0.05 * i, 2) for i in range(21)]
 
 #: every option of `tkmia certify`: the shared ones of `tkmia run`, then its own
 CERTIFY_OPTIONS: tuple[Option, ...] = (
-    *(OPTIONS[name] for name in ("config", "dataset", "root", "csv", "split", "image_size",
-                                 "model", "normalize", "classes")),
+    *(OPTIONS[name] for name in ("config", "dataset", "root", "csv", "split", "image_size")),
+    Option("model", help=OPTIONS["model"].help,
+           shown="for digits, the built-in model trained with noise 0.25 (--model builtin: "
+           "the clean one)"),
+    OPTIONS["normalize"],
+    OPTIONS["classes"],
     Option("sigma", float, "noise levels σ of the smoothing (pixels in [0, 1])", many=True,
            default=[0.25, 0.5], check=_POSITIVE_NUMBER),
     Option("n", int, "noisy copies per image", default=1000, check=POSITIVE),
@@ -115,6 +121,10 @@ def certify_options(args: argparse.Namespace) -> CertifyOptions:
     if dataset not in DATASETS:
         raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
     check_device(opts["device"])
+    if opts.get("model") is None and dataset == "digits":
+        from tkmia.models.builtin import builtin_checkpoint_path
+
+        opts["model"] = str(builtin_checkpoint_path(NOISE_MODEL))
     source = check_model_options(opts)
     if source.kind == "builtin" and dataset != "digits":
         raise InputError(f"dataset {dataset!r} needs --model (the built-in model is for digits)")

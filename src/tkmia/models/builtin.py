@@ -69,9 +69,16 @@ def fold_batchnorm(net: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*layers).eval()
 
 
-def builtin_checkpoint_path() -> Path:
-    """Where the shipped checkpoint of the built-in model lives (inside the package)."""
-    return Path(str(resources.files("tkmia.models") / "weights" / f"{BUILTIN_ARCH}.safetensors"))
+def builtin_checkpoint_path(variant: str = "") -> Path:
+    """Where the shipped checkpoint of the built-in model lives (inside the package).
+
+    Args:
+        variant: ``""`` the built-in model; ``"noise0.25"`` the same architecture trained
+            with Gaussian noise σ = 0.25 for randomized smoothing (`tkmia certify`'s default
+            on digits), made by ``tkmia train --dataset digits --noise 0.25 --epochs 8``.
+    """
+    name = BUILTIN_ARCH + (f"_{variant}" if variant else "")
+    return Path(str(resources.files("tkmia.models") / "weights" / f"{name}.safetensors"))
 
 
 def builtin_model(device: str | torch.device = "cpu") -> Normalized:
