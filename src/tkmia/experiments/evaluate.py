@@ -34,8 +34,10 @@ __all__ = [
     "ATTACKS",
     "DEFAULT_EPS",
     "EvaluateConfig",
+    "ENSEMBLE",
     "RobustRow",
     "build_attack",
+    "ensemble_log",
     "evaluate",
     "robust_rows",
 ]
@@ -134,23 +136,24 @@ def _attack_batch(
     ids = torch.tensor(indices)
     per_eps: list[dict[str, list[Any]]] = []
     start, previous = None, None
-    clock = time.perf_counter()
     for eps in config.eps:
+        clock = time.perf_counter()
         result = attack(images, labels, eps, indices=ids, start=start)
+        seconds = (time.perf_counter() - clock) / max(len(indices), 1)
         found = result.hits
         best = found if previous is None else torch.minimum(found, previous)
         per_eps.append({
             "hits": best.tolist(), "found": found.tolist(), "queries": result.queries.tolist(),
             "l2": l2_norm(images, result.adv_images).tolist(),
             "linf": linf_norm(images, result.adv_images).tolist(),
+            "seconds": [seconds] * len(indices),
         })  # fmt: skip
         start, previous = result.adv_images, best
         clean_hits = result.clean_hits
-    seconds = (time.perf_counter() - clock) / max(len(indices), 1)
     n_relevant = labels.bool().sum(dim=1).tolist()
     return [
         {"index": index, "n_relevant": n_relevant[i], "clean_hits": int(clean_hits[i]),
-         "eps": list(config.eps), "seconds": seconds}
+         "eps": list(config.eps)}
         | {key: [values[key][i] for values in per_eps] for key in per_eps[0]}
         for i, index in enumerate(indices)
     ]  # fmt: skip
@@ -232,7 +235,7 @@ def robust_rows(out: Path, config: EvaluateConfig) -> list[RobustRow]:
             hits = [recs[name][i]["hits"][j] for i in common]
             found.append(torch.tensor(hits))
             queries = sum(recs[name][i]["queries"][j] for i in common) / len(common)
-            seconds = sum(recs[name][i]["seconds"] for i in common) / len(config.eps)
+            seconds = sum(recs[name][i]["seconds"][j] for i in common)
             rows.append(_row(config.norm, eps, name, config.k, hits, relevant, queries, seconds))
         worst, by = worst_case(found)
         lowered = worst < torch.tensor(clean)
