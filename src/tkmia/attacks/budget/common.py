@@ -145,12 +145,14 @@ class Ball:
     def __init__(self, x0: torch.Tensor, norm: str, eps: float) -> None:
         self.x0, self.norm, self.eps = x0, norm, eps
         if norm == "linf":
-            self.low = self._inside(x0 - eps, x0, up=False).clamp(min=0)
-            self.high = self._inside(x0 + eps, x0, up=True).clamp(max=1)
+            self.low = self._inside(x0.double() - eps, x0).clamp(min=0)
+            self.high = self._inside(x0.double() + eps, x0).clamp(max=1)
 
-    def _inside(self, bound: torch.Tensor, x0: torch.Tensor, up: bool) -> torch.Tensor:
-        """``bound`` moved one float step at a time towards ``x0`` where it lies beyond ε."""
-        for _ in range(8):
+    def _inside(self, exact: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The float64 bound ``exact`` in ``x0``'s dtype, moved one float step towards
+        ``x0`` where rounding put it beyond ε."""
+        bound = exact.to(x0.dtype)
+        for _ in range(4):
             gap = (bound.double() - x0.double()).abs() > self.eps
             if not bool(gap.any()):
                 break
