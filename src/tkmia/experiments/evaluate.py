@@ -133,7 +133,7 @@ def _attack_batch(
 ) -> list[dict[str, Any]]:
     """The records of one batch: every ε of the grid, each starting from the previous ε's
     best point."""
-    ids = torch.tensor(indices)
+    ids = torch.tensor(indices)  # norms in float64: the budget holds exactly there
     per_eps: list[dict[str, list[Any]]] = []
     start, previous = None, None
     for eps in config.eps:
@@ -144,8 +144,8 @@ def _attack_batch(
         best = found if previous is None else torch.minimum(found, previous)
         per_eps.append({
             "hits": best.tolist(), "found": found.tolist(), "queries": result.queries.tolist(),
-            "l2": l2_norm(images, result.adv_images).tolist(),
-            "linf": linf_norm(images, result.adv_images).tolist(),
+            "l2": l2_norm(images.double(), result.adv_images.double()).tolist(),
+            "linf": linf_norm(images.double(), result.adv_images.double()).tolist(),
             "seconds": [seconds] * len(indices),
         })  # fmt: skip
         start, previous = result.adv_images, best
