@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from _toys import CountingModel, make_cnn
 from tkmia.attacks.budget import APGD, Square, least_hits, worst_case
 from tkmia.attacks.budget.apgd import checkpoints
 from tkmia.attacks.budget.common import margin_loss
 from tkmia.attacks.budget.square import square_fraction
 from tkmia.errors import InputError
+
+from _toys import make_cnn
 
 C, K = 10, 3
 
@@ -47,7 +48,9 @@ def _distance(adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
     return d.abs().amax(dim=1) if norm == "linf" else d.norm(dim=1)
 
 
-@pytest.mark.parametrize(("norm", "eps"), [("linf", 8 / 255), ("linf", 0.3), ("l2", 0.5), ("l2", 3.0)])
+@pytest.mark.parametrize(
+    ("norm", "eps"), [("linf", 8 / 255), ("linf", 0.3), ("l2", 0.5), ("l2", 3.0)]
+)
 def test_every_returned_image_is_within_the_budget_exactly(norm: str, eps: float) -> None:
     x, labels, model = _problem()
     for attack in _attacks(model, norm):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _toys import make_cnn
 from tkmia.errors import InputError
 from tkmia.experiments.evaluate import (
     ATTACKS,
@@ -22,6 +21,8 @@ from tkmia.experiments.evaluate import (
     robust_rows,
 )
 from tkmia.experiments.records import read_records
+
+from _toys import make_cnn
 
 C, K = 10, 3
 
@@ -120,6 +121,7 @@ def test_resume_and_equal_seeds_give_the_same_records(
     path.write_text("".join(lines[:3]) + lines[3][:10])  # interrupted in the middle of a line
     evaluate(config, make_cnn(C), _Toy(), again)
     for name in config.attacks:
+
         def strip(recs: list[dict]) -> list[dict]:
             return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in recs),
                           key=lambda r: r["index"])  # fmt: skip
@@ -135,7 +137,10 @@ def test_more_attacks_extend_a_folder_and_another_grid_is_refused(tmp_path: Path
     first = _config(attacks=("apgd-margin",), samples=2)
     evaluate(first, make_cnn(C), _Toy(), tmp_path)
     evaluate(_config(attacks=("apgd-margin", "square"), samples=2), make_cnn(C), _Toy(), tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["methods"] == ["apgd-margin", "square"]
+    assert json.loads((tmp_path / "config.json").read_text())["methods"] == [
+        "apgd-margin",
+        "square",
+    ]
     with pytest.raises(InputError, match="different run configuration"):
         evaluate(_config(eps=(2 / 255,), samples=2), make_cnn(C), _Toy(), tmp_path)
 

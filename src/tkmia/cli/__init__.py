@@ -3,7 +3,8 @@
 
 One module per command (:mod:`tkmia.cli.run`, :mod:`tkmia.cli.train`,
 :mod:`tkmia.cli.report`, :mod:`tkmia.cli.inspect`, :mod:`tkmia.cli.universal`,
-:mod:`tkmia.cli.audit`, :mod:`tkmia.cli.evaluate`), each with ``add_parser(sub)`` and ``command(args) -> int``.
+:mod:`tkmia.cli.audit`, :mod:`tkmia.cli.evaluate`), each with ``add_parser(sub)`` and
+``command(args) -> int``.
 User mistakes become one line on stderr and exit code 2, never a traceback.
 """
 

@@ -106,7 +106,9 @@ def parse_eps(text: str) -> float:
     try:
         value = float(Fraction(str(text).strip()))
     except (ValueError, ZeroDivisionError):
-        raise InputError(f"--eps must be numbers or fractions such as 8/255, got {text!r}") from None
+        raise InputError(
+            f"--eps must be numbers or fractions such as 8/255, got {text!r}"
+        ) from None
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"--eps must be positive, got {text!r}")
     return value
@@ -171,9 +173,8 @@ def _open(options: EvaluateOptions) -> tuple[Any, Any]:
     dataset = open_dataset(options.dataset, options.split, options.root, options.image_size,
                            options.csv, seed=0)  # fmt: skip
     classes = list(dataset.classes)
-    convention = {"normalize": options.normalize, "classes": options.classes}
     model, info = open_model(options.model, options.device, num_classes=len(classes),
-                             **convention)  # fmt: skip
+                             normalize=options.normalize, classes=options.classes)  # fmt: skip
     size = options.image_size or DEFAULT_IMAGE_SIZE.get(options.dataset, CANVAS)
     return fit_model(model, info, classes, size, options.device, options.dataset), dataset
 

@@ -128,8 +128,11 @@ def build_attack(name: str, model: nn.Module, config: EvaluateConfig) -> APGD | 
 
 
 def _attack_batch(
-    attack: APGD | Square, config: EvaluateConfig, indices: list[int],
-    images: torch.Tensor, labels: torch.Tensor,
+    attack: APGD | Square,
+    config: EvaluateConfig,
+    indices: list[int],
+    images: torch.Tensor,
+    labels: torch.Tensor,
 ) -> list[dict[str, Any]]:
     """The records of one batch: every ε of the grid, each starting from the previous ε's
     best point."""
@@ -206,8 +209,17 @@ def _records(out: Path, name: str, n: int) -> dict[int, dict[str, Any]]:
     return {i: r for i, r in recs.items() if i < n}
 
 
-def _row(norm: str, eps: float, attack: str, k: int, hits: list[int], relevant: list[int],
-         queries: float, seconds: float, set_by: str = "") -> RobustRow:
+def _row(
+    norm: str,
+    eps: float,
+    attack: str,
+    k: int,
+    hits: list[int],
+    relevant: list[int],
+    queries: float,
+    seconds: float,
+    set_by: str = "",
+) -> RobustRow:
     n = len(hits)
     return RobustRow(
         norm, eps, attack, n, sum(hits) / (k * n) if n else float("nan"),
@@ -240,10 +252,20 @@ def robust_rows(out: Path, config: EvaluateConfig) -> list[RobustRow]:
         worst, by = worst_case(found)
         lowered = worst < torch.tensor(clean)
         counts = [int(((by == a) & lowered).sum()) for a in range(len(names))]
-        set_by = "; ".join(f"{name} {c}" for name, c in zip(names, counts) if c)
-        rows.append(_row(config.norm, eps, ENSEMBLE, config.k, worst.tolist(), relevant,
-                         sum(r.queries for r in rows[-len(names):]),
-                         sum(r.seconds for r in rows[-len(names):]), set_by or "none"))
+        set_by = "; ".join(f"{name} {c}" for name, c in zip(names, counts, strict=True) if c)
+        rows.append(
+            _row(
+                config.norm,
+                eps,
+                ENSEMBLE,
+                config.k,
+                worst.tolist(),
+                relevant,
+                sum(r.queries for r in rows[-len(names) :]),
+                sum(r.seconds for r in rows[-len(names) :]),
+                set_by or "none",
+            )
+        )
     return rows
 
 

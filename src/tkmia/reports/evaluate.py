@@ -103,7 +103,7 @@ def robust_figure(rows: Sequence[RobustRow], path: Path, title: str) -> Path | N
         xs = [0.0] + [r.eps for r in mine]
         ys = [clean[0].precision] + [r.precision for r in mine]
         style = {"linewidth": 2.4, "color": "black"} if name == ENSEMBLE else {"marker": "o"}
-        ax.plot(xs, ys, label=name, **style)  # type: ignore[arg-type]
+        ax.plot(xs, ys, label=name, **style)
     norm = clean[0].norm
     ax.set_xticks([0.0] + sorted({r.eps for r in rows if r.eps > 0}))
     ax.set_xticklabels([eps_text(x, norm) for x in ax.get_xticks()])
@@ -117,8 +117,9 @@ def robust_figure(rows: Sequence[RobustRow], path: Path, title: str) -> Path | N
     return path
 
 
-def render_evaluation(out: Path, rows: Sequence[RobustRow], title: str,
-                      log: Sequence[dict[str, object]] = ()) -> str:
+def render_evaluation(
+    out: Path, rows: Sequence[RobustRow], title: str, log: Sequence[dict[str, object]] = ()
+) -> str:
     """Write ``robust.md``, ``robust.csv``, ``robust.tex``, ``ensemble_log.csv`` and
     ``figures/robust_precision.png``; return the Markdown table."""
     table = robust_markdown(rows)

@@ -58,8 +58,14 @@ class _Best:
     x: torch.Tensor
     scores: torch.Tensor
 
-    def offer(self, rows: torch.Tensor, h: torch.Tensor, loss: torch.Tensor,
-              x: torch.Tensor, scores: torch.Tensor) -> None:
+    def offer(
+        self,
+        rows: torch.Tensor,
+        h: torch.Tensor,
+        loss: torch.Tensor,
+        x: torch.Tensor,
+        scores: torch.Tensor,
+    ) -> None:
         """Keep, for the images ``rows``, the offered points that are better."""
         old_h, old_l = self.hits[rows], self.loss[rows]
         better = (h < old_h) | ((h == old_h) & (loss < old_l))
@@ -130,8 +136,9 @@ class APGD:
             clean = self.model(x0).detach()
             first = x0 if start is None else ball.project(start.detach().to(x0.dtype))
             h0 = hits(clean, labels, self.k)
-            best = _Best(h0.clone(), top_k_loss(self.loss, clean, labels, self.k),
-                         x0.clone(), clean.clone())
+            best = _Best(
+                h0.clone(), top_k_loss(self.loss, clean, labels, self.k), x0.clone(), clean.clone()
+            )
             queries = torch.ones(b, dtype=torch.long, device=device)
             floor = least_hits(labels, self.k)
             for restart in range(self.restarts):
@@ -166,7 +173,8 @@ class APGD:
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
             return grad.sign()
-        return grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        unit: torch.Tensor = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        return unit
 
     def _run(
         self,
@@ -197,11 +205,17 @@ class APGD:
             best_x = torch.where(gain.view(-1, 1, 1, 1), x, best_x)
             best_loss = torch.where(gain, loss, best_loss)
             z = ball.project(x - eta * self._direction(grad))
-            step = z if it == 0 else ball.project(x + MOMENTUM * (z - x) + (1 - MOMENTUM) * (x - x_prev))
+            step = (
+                z
+                if it == 0
+                else ball.project(x + MOMENTUM * (z - x) + (1 - MOMENTUM) * (x - x_prev))
+            )
             x_prev, x = x, step
             since += 1
             if it + 1 in marks:
-                stalled = (lowered < RHO * since) | ((last_eta == eta).flatten() & (last_best == best_loss))
+                stalled = (lowered < RHO * since) | (
+                    (last_eta == eta).flatten() & (last_best == best_loss)
+                )
                 last_eta, last_best = eta.clone(), best_loss.clone()
                 eta = torch.where(stalled.view(-1, 1, 1, 1), eta / 2, eta)
                 x = torch.where(stalled.view(-1, 1, 1, 1), best_x, x)

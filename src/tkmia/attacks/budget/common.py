@@ -97,9 +97,10 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 def image_keys(seed: int, indices: torch.Tensor) -> torch.Tensor:
     """Per image the key of its random numbers, ``(B,)`` int64, from the run's ``seed`` and
     the images' ``indices`` ``(B,)`` (their place in the dataset)."""
-    return _hash32(_hash32(torch.as_tensor(indices, dtype=torch.long)) ^ _hash32(
-        torch.tensor(seed, dtype=torch.long)
-    ))
+    return _hash32(
+        _hash32(torch.as_tensor(indices, dtype=torch.long))
+        ^ _hash32(torch.tensor(seed, dtype=torch.long))
+    )
 
 
 def uniform(keys: torch.Tensor, stream: int, size: int, device: torch.device) -> torch.Tensor:
@@ -184,12 +185,11 @@ class Ball:
                 break
             shrink = torch.where(over, (self.eps / true) * (1 - 1e-5), 1.0).view(-1, 1, 1, 1)
             out = (self.x0 + (out - self.x0) * shrink.to(out.dtype)).clamp(0, 1)
-        return out
+        result: torch.Tensor = out
+        return result
 
 
-def prepare_model(
-    model: nn.Module, normalize: tuple[object, object] | None
-) -> nn.Module:
+def prepare_model(model: nn.Module, normalize: tuple[object, object] | None) -> nn.Module:
     """The model seen on pixels in [0, 1]: ``Normalized(model, mean, std)`` when
     ``normalize`` is given (as every attack takes it)."""
     if normalize is None:

@@ -50,12 +50,13 @@ def square_fraction(p_init: float, it: int, budget: int) -> float:
     halved after each of 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 iterations of a
     10 000-query run, scaled to ``budget`` (the paper's piecewise constant schedule)."""
     scaled = int(it / budget * 10000)
-    return p_init / 2 ** sum(scaled > t for t in _SCHEDULE)
+    return float(p_init / 2 ** sum(scaled > t for t in _SCHEDULE))
 
 
 def _pattern(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """An ``(s, s)`` pseudo-Gaussian pattern of unit norm: two halves of opposite sign, each
     a sum of nested squares centred on it, heavier towards the centre."""
+
     def half(h: int, w: int) -> torch.Tensor:
         i = torch.arange(h, device=device).view(-1, 1).to(dtype)
         j = torch.arange(w, device=device).view(1, -1).to(dtype)
@@ -67,7 +68,8 @@ def _pattern(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
     top = half(s // 2 or 1, s)
     out = torch.cat([top, -half(s - (s // 2 or 1), s)]) if s > 1 else top
-    return out / out.norm().clamp(min=1e-12)
+    unit: torch.Tensor = out / out.norm().clamp(min=1e-12)
+    return unit
 
 
 class Square:
@@ -127,7 +129,9 @@ class Square:
         with _eval_mode(self.model):
             clean = self.model(x0)
             h0 = hits(clean, labels, self.k)
-            out = BudgetResult(x0.clone(), clean.clone(), clean, h0.clone(), h0, torch.ones_like(h0))
+            out = BudgetResult(
+                x0.clone(), clean.clone(), clean, h0.clone(), h0, torch.ones_like(h0)
+            )
             rows = torch.nonzero(h0 > least_hits(labels, self.k)).flatten()
             if rows.numel() and eps > 0:
                 self._search(x0, labels, keys, Ball(x0, self.norm, eps), start, rows, out)
@@ -137,8 +141,16 @@ class Square:
         scores = self.model(x)
         return scores, top_k_loss(self.loss, scores, labels, self.k), hits(scores, labels, self.k)
 
-    def _search(self, x0: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor, ball: Ball,
-                start: torch.Tensor | None, rows: torch.Tensor, out: BudgetResult) -> None:
+    def _search(
+        self,
+        x0: torch.Tensor,
+        labels: torch.Tensor,
+        keys: torch.Tensor,
+        ball: Ball,
+        start: torch.Tensor | None,
+        rows: torch.Tensor,
+        out: BudgetResult,
+    ) -> None:
         """The random search for the images ``rows``; writes into ``out``."""
         ball, labels, keys = ball.rows(rows), labels[rows], keys[rows]
         x0 = x0[rows]
@@ -156,7 +168,13 @@ class Square:
                 if not bool(live.any()):
                     return
                 idx = torch.nonzero(live).flatten()
-                rows, x0, labels, keys, floor = rows[idx], x0[idx], labels[idx], keys[idx], floor[idx]
+                rows, x0, labels, keys, floor = (
+                    rows[idx],
+                    x0[idx],
+                    labels[idx],
+                    keys[idx],
+                    floor[idx],
+                )
                 x, loss, ball = x[idx], loss[idx], ball.rows(idx)
             x_new = ball.project(self._propose(x, x0, keys, ball.eps, it))
             scores, new_loss, h = self._score(x_new, labels)
@@ -167,8 +185,13 @@ class Square:
             loss = torch.where(better, new_loss, loss)
 
     @staticmethod
-    def _keep(out: BudgetResult, rows: torch.Tensor, x: torch.Tensor, scores: torch.Tensor,
-              h: torch.Tensor) -> None:
+    def _keep(
+        out: BudgetResult,
+        rows: torch.Tensor,
+        x: torch.Tensor,
+        scores: torch.Tensor,
+        h: torch.Tensor,
+    ) -> None:
         """The witness: the first point with the fewest relevant labels in the top-k."""
         better = h < out.hits[rows]
         if bool(better.any()):
@@ -189,7 +212,8 @@ class Square:
         signs = torch.where(signs, -1.0, 1.0).to(x0.dtype).view(n, c, *tiles)
         signs = signs.repeat_interleave(side, 2).repeat_interleave(side, 3)[..., :h, :w]
         delta = pat * signs
-        return eps * delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        scaled: torch.Tensor = eps * delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return scaled
 
     def _window(self, keys: torch.Tensor, stream: int, s: int, h: int, w: int) -> torch.Tensor:
         """``(n, 1, H, W)`` bool: a random ``s × s`` window per image."""
@@ -201,8 +225,9 @@ class Square:
         cols = (j >= left) & (j < left + s)
         return (rows.unsqueeze(2) & cols.unsqueeze(1)).unsqueeze(1)
 
-    def _propose(self, x: torch.Tensor, x0: torch.Tensor, keys: torch.Tensor, eps: float,
-                 it: int) -> torch.Tensor:
+    def _propose(
+        self, x: torch.Tensor, x0: torch.Tensor, keys: torch.Tensor, eps: float, it: int
+    ) -> torch.Tensor:
         """The proposal of iteration ``it`` for the current points ``x`` ``(n, C, H, W)``."""
         n, c, h, w = x.shape
         p = square_fraction(self.p_init, it, self.queries)
@@ -220,19 +245,23 @@ class Square:
         both = first | second
 
         def norm_c(t: torch.Tensor) -> torch.Tensor:
-            return t.flatten(2).norm(dim=2).view(n, c, 1, 1)
+            norms: torch.Tensor = t.flatten(2).norm(dim=2).view(n, c, 1, 1)
+            return norms
 
         left = (eps**2 - delta.flatten(1).pow(2).sum(1)).clamp(min=0).view(-1, 1, 1, 1) / c
         radius = (norm_c(delta * both).pow(2) + left).sqrt()
         old = delta * first
         pattern = self._placed(keys, it, s, first, x)
-        fresh = pattern * torch.where(signs, -1.0, 1.0).to(x.dtype) + old / norm_c(old).clamp(min=1e-10)
+        fresh = pattern * torch.where(signs, -1.0, 1.0).to(x.dtype) + old / norm_c(old).clamp(
+            min=1e-10
+        )
         fresh = fresh * first
         fresh = fresh * radius / norm_c(fresh).clamp(min=1e-12)
         return x0 + delta * ~both + fresh
 
-    def _placed(self, keys: torch.Tensor, it: int, s: int, window: torch.Tensor,
-                x: torch.Tensor) -> torch.Tensor:
+    def _placed(
+        self, keys: torch.Tensor, it: int, s: int, window: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
         """``(n, 1, H, W)``: the ``s × s`` pattern (transposed for a random half of the
         images) placed in each image's window."""
         n, _, h, w = x.shape
