@@ -5,7 +5,7 @@ direction for L2), projected onto the ε-ball ∩ [0, 1]; momentum 0.75 between 
 step and the previous iterate; η starts at 2ε and is halved at checkpoints
 ``w_j = ⌈p_j N⌉`` (``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03,
 0.06)``) when fewer than 75 % of the steps since the last checkpoint lowered the loss, or
-when neither η nor the best loss changed since it; the search then continues from the best
+when η was not halved at the last checkpoint and the best loss has not improved since; the search then continues from the best
 point. The loss is minimised (SPEC §7.7). Random restarts; an image leaves the batch as
 soon as no relevant label is left in its top-k (or as few as its labels allow).
 """
@@ -193,7 +193,7 @@ class APGD:
         best_x, best_loss = x.clone(), torch.full((n,), math.inf, device=x.device)
         prev_loss = torch.full((n,), math.inf, device=x.device)
         lowered = torch.zeros(n, dtype=torch.long, device=x.device)
-        last_eta, last_best = eta.clone(), best_loss.clone()
+        halved, last_best = torch.zeros(n, dtype=torch.bool, device=x.device), best_loss.clone()
         marks, since = checkpoints(self.iterations), 0
         for it in range(self.iterations):
             loss, h, grad, scores = self._loss_grad(x, labels)
@@ -213,10 +213,8 @@ class APGD:
             x_prev, x = x, step
             since += 1
             if it + 1 in marks:
-                stalled = (lowered < RHO * since) | (
-                    (last_eta == eta).flatten() & (last_best == best_loss)
-                )
-                last_eta, last_best = eta.clone(), best_loss.clone()
+                stalled = (lowered < RHO * since) | (~halved & (best_loss >= last_best))
+                halved, last_best = stalled, best_loss.clone()
                 eta = torch.where(stalled.view(-1, 1, 1, 1), eta / 2, eta)
                 x = torch.where(stalled.view(-1, 1, 1, 1), best_x, x)
                 x_prev = torch.where(stalled.view(-1, 1, 1, 1), x, x_prev)
@@ -230,4 +228,4 @@ class APGD:
                 rows, floor, labels, ball = rows[idx], floor[idx], labels[idx], ball.rows(idx)
                 x, x_prev, eta, best_x = x[idx], x_prev[idx], eta[idx], best_x[idx]
                 best_loss, prev_loss, lowered = best_loss[idx], prev_loss[idx], lowered[idx]
-                last_eta, last_best = last_eta[idx], last_best[idx]
+                halved, last_best = halved[idx], last_best[idx]
