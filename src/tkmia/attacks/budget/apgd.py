@@ -6,8 +6,9 @@ step and the previous iterate; η starts at 2ε and is halved at checkpoints
 ``w_j = ⌈p_j N⌉`` (``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03,
 0.06)``) when fewer than 75 % of the steps since the last checkpoint lowered the loss, or
 when η was not halved at the last checkpoint and the best loss has not improved since; the
-search then continues from the best point. The loss is minimised (SPEC §7.7). Random restarts; an image leaves the batch as
-soon as no relevant label is left in its top-k (or as few as its labels allow).
+search then continues from the best point. The loss is minimised (SPEC §7.7). Random
+restarts; an image leaves the batch as soon as no relevant label is left in its top-k (or
+as few as its labels allow).
 """
 
 from __future__ import annotations
