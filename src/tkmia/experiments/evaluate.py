@@ -100,7 +100,8 @@ class RobustRow:
         norm, eps, attack: what the row is.
         images: n; precision: robust precision@k ``Σ ê / (k n)``; recall: robust recall@k
         ``Σ ê / Σ |Y|``; hidden: the share of images with ``ê = 0``.
-        queries: mean model calls per image; seconds: attack time over all images.
+        queries: mean model calls per image (the ensemble's: the sum over its attacks);
+        seconds: attack time over all images (the ensemble's: the sum).
         set_by: the ensemble's rows: per attack, the images whose worst case it set first.
     """
 
@@ -190,7 +191,8 @@ def evaluate(
     for name in config.attacks:
         attack = build_attack(name, model, config)
         path = out / "records" / f"{name}.jsonl"
-        todo = [i for i in range(n) if i not in _done(path, config.eps)]
+        done = _done(path, config.eps)
+        todo = [i for i in range(n) if i not in done]
         if log is not None:
             log(f"{name}: {n - len(todo)} of {n} images done, {len(todo)} to attack")
         for lo in range(0, len(todo), config.batch_size):
@@ -231,7 +233,7 @@ def _row(
 def robust_rows(out: Path, config: EvaluateConfig) -> list[RobustRow]:
     """The rows of the folder's records (the images every attack has): ``clean`` at ε = 0,
     then per ε each attack of :data:`ATTACKS`' order and the ensemble."""
-    n = min(config.samples, 10**12)
+    n = config.samples
     names = [a for a in ATTACKS if a in config.attacks]
     recs = {name: _records(out, name, n) for name in names}
     common = sorted(set.intersection(*(set(r) for r in recs.values()))) if recs else []
