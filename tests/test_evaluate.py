@@ -186,3 +186,31 @@ def test_the_command_is_registered() -> None:
 
     args = build_parser().parse_args(["evaluate", "--eps", "4/255,8/255", "--norm", "l2"])
     assert isinstance(args, argparse.Namespace) and args.eps == ["4/255", "8/255"]
+
+
+class _Erratic:
+    """An attack that finds ê = 0 at the smallest ε only and ignores its start point: the
+    evaluation alone must keep the curve monotone."""
+
+    def __init__(self, smallest: float) -> None:
+        self.smallest = smallest
+
+    def __call__(self, images, labels, eps, indices=None, start=None):  # noqa: ANN001, ANN204
+        from tkmia.attacks.budget import BudgetResult
+
+        clean = torch.full((images.shape[0],), 2)
+        found = torch.zeros_like(clean) if eps == self.smallest else clean
+        scores = torch.zeros(images.shape[0], C)
+        return BudgetResult(images, scores, scores, found, clean, torch.ones_like(clean))
+
+
+def test_the_evaluation_keeps_the_curve_monotone_whatever_the_attack_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tkmia.experiments.evaluate as module
+
+    config = _config(attacks=("apgd-margin",), samples=3)
+    monkeypatch.setattr(module, "build_attack", lambda *a: _Erratic(config.eps[0]))
+    evaluate(config, make_cnn(C), _Toy(), tmp_path)
+    for rec in read_records(tmp_path / "records" / "apgd-margin.jsonl"):
+        assert rec["found"] == [0, 2, 2] and rec["hits"] == [0, 0, 0]
