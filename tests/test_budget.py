@@ -204,7 +204,11 @@ def test_schedules() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"eps": -1.0}, "eps"), ({"norm": "l1"}, "norm"), ({"labels_zero": True}, "non-empty")],
+    [
+        ({"eps": -1.0}, "eps"),
+        ({"norm": "l1"}, "norm"),
+        ({"labels_zero": True}, "at least one relevant label; images \\[1\\]"),
+    ],
 )
 def test_bad_calls_are_refused_clearly(kwargs: dict, match: str) -> None:
     x, labels, model = _problem(b=2)

@@ -216,7 +216,13 @@ def check_budget_call(
         raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
     eps_value = check_number("eps", eps, allow_zero=True)
     check_int("k", k, 1)
-    check_batch(images, labels, labels, k, None)  # S = Y: every image needs a label
+    if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+        empty = torch.nonzero(labels.sum(dim=1) == 0).flatten().tolist()
+        if empty:
+            raise InputError(
+                f"every image needs at least one relevant label; images {empty[:10]} have none"
+            )
+    check_batch(images, labels, labels, k, None)  # S = Y: shapes, 0/1, k < c
     assert isinstance(images, torch.Tensor)
     if start is not None:
         if not isinstance(start, torch.Tensor) or start.shape != images.shape:
