@@ -210,7 +210,7 @@ def check_budget_call(
     Raises:
         InputError: bad images or labels (an image without a relevant label included),
             ``k``, ``norm`` or ``eps``, or a ``start`` that is not images of the same shape
-            within the ε-ball.
+            (a start is projected onto the ε-ball by the attack).
     """
     if norm not in NORMS:
         raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
