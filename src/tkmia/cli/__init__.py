@@ -1,9 +1,10 @@
 """The `tkmia` command line: `tkmia run`, `tkmia train`, `tkmia report`, `tkmia inspect`,
-`tkmia universal`, `tkmia audit`.
+`tkmia universal`, `tkmia audit`, `tkmia evaluate`.
 
 One module per command (:mod:`tkmia.cli.run`, :mod:`tkmia.cli.train`,
 :mod:`tkmia.cli.report`, :mod:`tkmia.cli.inspect`, :mod:`tkmia.cli.universal`,
-:mod:`tkmia.cli.audit`), each with ``add_parser(sub)`` and ``command(args) -> int``.
+:mod:`tkmia.cli.audit`, :mod:`tkmia.cli.evaluate`), each with ``add_parser(sub)`` and
+``command(args) -> int``.
 User mistakes become one line on stderr and exit code 2, never a traceback.
 """
 
@@ -23,7 +24,7 @@ __all__ = ["EXIT_USAGE", "build_parser", "main"]
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: the subcommands, in the order of `tkmia --help`
-COMMANDS = ("run", "train", "report", "inspect", "universal", "audit", "certify")
+COMMANDS = ("run", "train", "report", "inspect", "universal", "audit", "evaluate", "certify")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("run", "train", "universal"):
+        if args.command in ("run", "train", "universal", "evaluate"):
             from tkmia.runtime import retain_freed_memory
 
             retain_freed_memory()  # no page faults on every iteration's tensors
