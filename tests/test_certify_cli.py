@@ -98,3 +98,24 @@ def test_mistakes_are_one_line_and_write_nothing(tmp_path: Path, capsys, extra, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0]
     assert not (out / "records").exists()
+
+
+def test_the_attacked_smoothed_model_never_falls_below_its_certificate(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    assert main([*ARGS, "--attack-radii", "0,2", "--out", str(out)]) == 0
+    text = (out / "empirical.md").read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 0.25")]
+    assert [float(r[1]) for r in rows] == [0.0, 2.0]
+    certified = [float(r[2]) for r in rows]
+    attacked = [float(r[3]) for r in rows]
+    # the consistency check: the per-image count of violations, and the bounds' order
+    assert all(r[4].strip() == "0 of 6" for r in rows)
+    assert all(c <= a for c, a in zip(certified, attacked, strict=True))
+    assert attacked[-1] < attacked[0], "the attack must remove labels at a large radius"
+    assert (out / "figures" / "certify-vs-attack.png").is_file()
+    # resumed: every attacked image is recorded once
+    for name in ("attack-sigma0.25-r0.jsonl", "attack-sigma0.25-r2.jsonl"):
+        lines = (out / "records" / name).read_text().splitlines()
+        assert sorted(json.loads(x)["index"] for x in lines) == sorted(
+            json.loads(x)["index"] for x in (out / "records" / "sigma0.25.jsonl").open()
+        )

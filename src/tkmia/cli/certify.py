@@ -54,6 +54,9 @@ CERTIFY_OPTIONS: tuple[Option, ...] = (
            check=POSITIVE),
     Option("radii", float, "L2 radii R of the certificate", many=True, default=DEFAULT_RADII,
            check=_RADIUS),
+    Option("attack_radii", float, "L2 radii at which the smoothed model is also attacked "
+           "(tkmia evaluate's L2 APGD on Monte-Carlo smoothed scores), for the empirical "
+           "upper bound beside the certificate", many=True, default=[], check=_RADIUS),
     Option("samples", int, "images certified (the first with a relevant label)", default=100,
            check=POSITIVE),
     Option("batch_size", int, "noisy images per forward pass", default=500, check=POSITIVE),
@@ -83,6 +86,7 @@ class CertifyOptions:
     k: int
     k_prime: int
     radii: tuple[float, ...]
+    attack_radii: tuple[float, ...]
     samples: int
     batch_size: int
     device: str
@@ -135,7 +139,8 @@ def certify_options(args: argparse.Namespace) -> CertifyOptions:
         opts.get("split") or EVAL_SPLIT.get(dataset, "val"), opts.get("image_size"), source,
         opts.get("normalize"), opts.get("classes"), tuple(dict.fromkeys(opts["sigma"])),
         opts["n"], opts["alpha"], opts["k"], opts["k_prime"],
-        tuple(sorted(set(opts["radii"]))), opts["samples"], opts["batch_size"],
+        tuple(sorted(set(opts["radii"]))), tuple(sorted(set(opts["attack_radii"]))),
+        opts["samples"], opts["batch_size"],
         opts["device"], opts["seed"], out,
     )  # fmt: skip
 
@@ -151,9 +156,9 @@ def command(args: argparse.Namespace) -> int:
     """
     from tkmia.data.digits import CANVAS
     from tkmia.data.factory import DEFAULT_IMAGE_SIZE, open_dataset
-    from tkmia.experiments.certify import CertifyConfig, run_certify
+    from tkmia.experiments.certify import CertifyConfig, attack_smoothed, run_certify
     from tkmia.models import fit_model, open_model
-    from tkmia.reports.certify import render_certify
+    from tkmia.reports.certify import render_certify, render_empirical
 
     o = certify_options(args)
     dataset = open_dataset(o.dataset, o.split, o.root, o.image_size, o.csv, seed=0)
@@ -175,5 +180,10 @@ def command(args: argparse.Namespace) -> int:
     )
     rows = run_certify(config, model, dataset, o.out, o.device, log=print)
     print(render_certify(o.out, rows, f"{o.dataset} · {o.model.name}"))
+    if o.attack_radii:
+        print(f"attacking the smoothed model at R = {', '.join(f'{r:g}' for r in o.attack_radii)}",
+              flush=True)  # fmt: skip
+        empirical = attack_smoothed(config, model, dataset, o.out, o.attack_radii, o.device)
+        print(render_empirical(o.out, empirical))
     print(f"results: {o.out}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from tkmia.experiments.certify import CertifyRow
+from tkmia.experiments.certify import CertifyRow, EmpiricalRow
 from tkmia.files import write_text_atomic
 from tkmia.reports.figures import _save
 
@@ -103,4 +103,34 @@ def render_certify(out: Path, rows: Sequence[CertifyRow], title: str) -> str:
     write_text_atomic(out / "summary.md", f"# tkmia certify: {title}\n\n{intro}{text}")
     write_text_atomic(out / "summary.tex", latex_table(rows))
     certify_figure(rows, out / "figures" / "certify.png")
+    return text
+
+
+def render_empirical(out: Path, rows: Sequence[EmpiricalRow]) -> str:
+    """Write ``empirical.md`` and ``figures/certify-vs-attack.png`` (certified precision@k
+    beside the precision@k the smoothed model keeps under attack); return the table."""
+    lines = [
+        "| σ | R | certified P@k (lower bound) | attacked P@k (upper bound) | violations |",
+        "|---:|---:|---:|---:|---:|",
+        *(f"| {r.sigma:g} | {r.radius:g} | {r.certified_precision:.3f} | "
+          f"{r.empirical_precision:.3f} | {r.violations} of {r.images} |" for r in rows),
+    ]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    write_text_atomic(out / "empirical.md", "# Certified against attacked\n\n" + text)
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    for sigma in dict.fromkeys(r.sigma for r in rows):
+        group = [r for r in rows if r.sigma == sigma]
+        radii = [r.radius for r in group]
+        line = ax.plot(radii, [r.certified_precision for r in group], marker="o", ms=3,
+                       label=f"σ = {sigma:g}: certified")[0]  # fmt: skip
+        ax.plot(radii, [r.empirical_precision for r in group], marker="s", ms=3, ls="--",
+                color=line.get_color(), label=f"σ = {sigma:g}: under attack")  # fmt: skip
+    ax.set_xlabel("L2 radius R (pixels in [0, 1])")
+    ax.set_ylabel(f"precision@{rows[0].k} of the smoothed model")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out / "figures" / "certify-vs-attack.png", dpi=110)
     return text
