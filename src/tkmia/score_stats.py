@@ -13,6 +13,7 @@ __all__ = [
     "LABEL_FREE_NAMES",
     "count_above_half",
     "kth_sigmoid",
+    "label_free_iqr",
     "label_free_stats",
     "sorted_sigmoid",
     "sorted_width",
@@ -145,3 +146,24 @@ def sorted_sigmoid(scores: torch.Tensor, k: int) -> torch.Tensor:
     _check_scores(scores, k, below_c=False)
     width = sorted_width(scores.shape[1], k)
     return torch.sigmoid(scores.topk(width, dim=1).values)
+
+
+def label_free_iqr(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The interquartile range of each statistic of :func:`label_free_stats` over images:
+    the scale of ``success="stealth"``'s tolerance (SPEC §7.6).
+
+    Args:
+        scores: ``(B, c)`` logits of clean images, ``B >= 1``.
+        k: ``1 <= k < c``.
+
+    Returns:
+        ``(4,)`` float64, ``q75 − q25`` (linear interpolation, as NumPy's default).
+
+    Raises:
+        InputError: ``scores`` not ``(B, c)`` with ``B >= 1``, or ``k`` out of range.
+    """
+    if scores.dim() == 2 and scores.shape[0] == 0:
+        raise InputError("the IQR of the label-free statistics needs at least one image")
+    stats = label_free_stats(scores.double(), k)
+    q = torch.quantile(stats, torch.tensor([0.25, 0.75], dtype=stats.dtype), dim=0)
+    return q[1] - q[0]
