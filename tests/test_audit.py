@@ -140,8 +140,9 @@ def test_audit_of_a_folder_is_unchanged_by_report(results, capsys) -> None:
     first = (out / "audit.csv").read_bytes()
     rows = _csv(out / "audit.csv")
     assert list(rows[0]) == CSV_COLUMNS
-    assert len(rows) == 2 * 2 * len(STATISTICS)  # methods × N × statistics
-    assert {r["monitor"] for r in rows} == {"labels", "label-free"}
+    # methods × N × (statistics + the learned monitor)
+    assert len(rows) == 2 * 2 * (len(STATISTICS) + 1)
+    assert {r["monitor"] for r in rows} == {"labels", "label-free", "learned"}
     assert all(r["auroc"] == "" for r in rows if r["monitor"] == "labels")
     assert all(0.5 <= float(r["auroc"]) <= 1 for r in rows if r["monitor"] == "label-free")
     assert "\\toprule" in (out / "audit.tex").read_text()

@@ -28,16 +28,18 @@ from tkmia.attacks.pixels import PixelMap, quantize, to_tanh_space
 from tkmia.attacks.queue import Chunk, ChunkQueue
 from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
+from tkmia.attacks.stealth import STEALTH_RHO, check_reference, rule_parts, within_band
 from tkmia.errors import InputError
 from tkmia.losses import masked_max
 from tkmia.metrics import topk_indices
 from tkmia.normalize import Normalized
+from tkmia.score_stats import label_free_stats
 
 __all__ = ["SUCCESS_RULES", "Attack", "Normalize"]
 
-#: the success rules every attack takes: the paper's (SPEC §5) and the measure-preserving
-#: one (SPEC §7.1)
-SUCCESS_RULES = ("paper", "preserve")
+#: the success rules every attack takes: the paper's (SPEC §5), the measure-preserving one
+#: (SPEC §7.1), the monitor-imperceptible one (SPEC §7.6) and both of the latter
+SUCCESS_RULES = ("paper", "preserve", "stealth", "preserve+stealth")
 
 #: per-channel ``(mean, std)`` of the model's input normalisation
 Normalize = tuple[Sequence[float], Sequence[float]]
@@ -68,7 +70,10 @@ class Attack:
         success: ``"paper"`` (SPEC §5) or ``"preserve"``: a sample succeeds only when its
             top-k also keeps at least as many relevant labels as the clean image's
             (``|T_k(x') ∩ Y| >= |T_k(x) ∩ Y|``, so TkAcc and P@k cannot drop; SPEC §7.1);
-            the attack runs on until both hold (or ``max_iter``).
+            the attack runs on until both hold (or ``max_iter``); ``"stealth"``: SPEC §5's
+            rule and every label-free statistic of the audit within ``rho · IQR`` of the
+            clean image's own (SPEC §7.6; give the IQR with :meth:`set_stealth_reference`
+            before calling); ``"preserve+stealth"``: all three.
         quantize: ``None`` (or 0): off; ``b`` (1 to 16): success is judged on the iterate
             quantised to ``b`` bits per channel, ``q(x') = round((2^b − 1)x') / (2^b − 1)``,
             and the returned images and scores are ``q(x')`` of the first iterate whose
@@ -122,6 +127,10 @@ class Attack:
         if success not in SUCCESS_RULES:
             raise InputError(f"success must be one of {SUCCESS_RULES}, got {success!r}")
         self.success = success
+        self.preserve, self.stealth = rule_parts(success)
+        #: ``success="stealth"``'s scale, ``(4,)`` float64, and tolerance ρ
+        self.stealth_iqr: torch.Tensor | None = None
+        self.rho = STEALTH_RHO
         if quantize is not None and quantize != 0:
             if check_int("quantize", quantize, 1) > 16:
                 raise InputError(f"quantize must be a number of bits from 1 to 16, got {quantize}")
@@ -137,6 +146,18 @@ class Attack:
         #: the layout of the attack's state (z0, v, ...): the model's own, so that neither
         #: the input nor its gradient is copied between layouts every iteration
         self.memory_format = model_memory_format(model)
+
+    def set_stealth_reference(self, iqr: object, rho: float = STEALTH_RHO) -> Attack:
+        """Give ``success="stealth"`` its scale: ``iqr`` (4 numbers), the interquartile range
+        of each label-free statistic over the clean eligible images of the setting
+        (:func:`tkmia.score_stats.label_free_iqr`), and the tolerance ``rho``; returns the
+        attack.
+
+        Raises:
+            InputError: a bad ``iqr`` or ``rho``.
+        """
+        self.stealth_iqr, self.rho = check_reference(iqr, rho)
+        return self
 
     # ----------------------------------------------------------------- hooks
     def init_state(self, base: SampleState, clean_scores: torch.Tensor) -> SampleState:
@@ -184,19 +205,25 @@ class Attack:
         specified: torch.Tensor,
         bound: torch.Tensor,
         min_hits: torch.Tensor,
+        clean_stats: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(n,)`` bool: whether scores ``(n, c)`` meet the attack's success rule.
 
         ``labels``, ``specified`` ``(n, c)`` bool; ``bound`` ``(n,)`` long: the labels of S
         that may stay in the top-k (SPEC §5), or for a :attr:`targeted` attack the targets
         that must be in it (SPEC §7.3); ``min_hits`` ``(n,)`` long: the relevant labels the
-        top-k must keep under ``success="preserve"`` (SPEC §7.1, ignored otherwise).
+        top-k must keep under ``success="preserve"`` (SPEC §7.1, ignored otherwise);
+        ``clean_stats`` ``(n, 4)``: the clean images' label-free statistics, which
+        ``success="stealth"`` needs (SPEC §7.6, ignored otherwise).
         """
         top = topk_indices(scores, self.k)
         in_top = specified.gather(1, top).sum(dim=1)
         ok = in_top >= bound if self.targeted else in_top <= bound
-        if self.success == "preserve":
+        if self.preserve:
             ok = ok & (labels.gather(1, top).sum(dim=1) >= min_hits)
+        if self.stealth:
+            assert clean_stats is not None and self.stealth_iqr is not None
+            ok = ok & within_band(scores, clean_stats, self.stealth_iqr, self.rho, self.k)
         return ok
 
     def bounds(
@@ -214,7 +241,7 @@ class Attack:
             bound = required
         else:
             bound = specified.gather(1, top).sum(dim=1) - required
-        if self.success == "preserve":
+        if self.preserve:
             min_hits = labels.gather(1, top).sum(dim=1)
         else:
             min_hits = torch.zeros_like(bound)
@@ -233,7 +260,8 @@ class Attack:
         bound, min_hits = self.bounds(
             result.clean_scores, labels, result.specified, result.required
         )
-        return self.rule(scores, labels, result.specified, bound, min_hits)
+        clean_stats = label_free_stats(result.clean_scores, self.k)
+        return self.rule(scores, labels, result.specified, bound, min_hits, clean_stats)
 
     # ------------------------------------------------------------ calling
     def __call__(
@@ -287,6 +315,12 @@ class Attack:
         that chunk would have been read). Results never depend on the order.
         """
         check_int("batch_size", batch_size, 1)
+        if self.stealth and self.stealth_iqr is None:
+            raise InputError(
+                f"success={self.success!r} needs the clean IQR of each label-free statistic: "
+                "call attack.set_stealth_reference(label_free_iqr(clean_scores, k)) first, "
+                "with the clean scores of the setting's eligible images (tkmia.score_stats)"
+            )
         if sync_every is not None:
             check_int("sync_every", sync_every, 1)
         total = len(chunks) if isinstance(chunks, Sized) else None
@@ -320,7 +354,10 @@ class Attack:
     def _judge(
         self, scores: torch.Tensor, state: SampleState, it: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        ok = self.rule(scores, state.labels, state.specified, state.max_left, state.min_hits)
+        ok = self.rule(
+            scores, state.labels, state.specified, state.max_left, state.min_hits,
+            state.clean_stats,
+        )  # fmt: skip
         finished = ok | (it >= self.max_iter)
         stop = self.gives_up(scores, state)
         return ok, finished if stop is None else finished | stop
@@ -389,5 +426,6 @@ class Attack:
             specified=specified,
             max_left=chunk.max_left[rows],
             min_hits=self.bounds(clean_scores, labels, specified, required)[1],
+            clean_stats=label_free_stats(clean_scores, self.k),
         )
         return self.init_state(base, clean_scores)

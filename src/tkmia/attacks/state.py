@@ -34,6 +34,8 @@ class SampleState:
             (a targeted one, :attr:`~tkmia.attacks.Attack.targeted`).
         min_hits: ``(n,)`` long, how many relevant labels the top-k must keep
             (``success="preserve"``: the clean image's ``|T_k(x) ∩ Y|``; else 0).
+        clean_stats: ``(n, 4)`` the clean image's label-free statistics
+            (:func:`tkmia.score_stats.label_free_stats`), for ``success="stealth"``.
     """
 
     x0: torch.Tensor
@@ -43,6 +45,7 @@ class SampleState:
     specified: torch.Tensor
     max_left: torch.Tensor
     min_hits: torch.Tensor
+    clean_stats: torch.Tensor
 
     @classmethod
     def extend(cls: type[S], base: SampleState, **more: torch.Tensor) -> S:

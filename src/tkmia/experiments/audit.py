@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from tkmia.errors import InputError
-from tkmia.experiments.records import LABEL_FREE, MEASURES
+from tkmia.experiments.records import LABEL_FREE, MEASURES, SORTED_SCORES
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.experiments.summary import RecordGroup, iter_records
 
@@ -121,12 +121,15 @@ class AuditRow:
 @dataclass(frozen=True)
 class AuditGroup:
     """The values of one (setting, configuration): ``clean`` and ``adv`` ``(S, n)`` float64,
-    one row per statistic of :data:`STATISTICS`."""
+    one row per statistic of :data:`STATISTICS`; ``features``: the learned monitor's sorted
+    sigmoid scores, clean and adversarial, ``(n, d)`` each (``None`` for records written
+    before they existed, see :mod:`tkmia.experiments.learned_monitor`)."""
 
     setting: Setting
     config: MethodConfig
     clean: np.ndarray
     adv: np.ndarray
+    features: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def group_values(group: RecordGroup, where: str = "") -> AuditGroup:
@@ -146,7 +149,20 @@ def group_values(group: RecordGroup, where: str = "") -> AuditGroup:
         )
     table = np.array([[r[c] for c in columns] for r in group.records], dtype=np.float64)
     table = table.reshape(len(group.records), len(STATISTICS), 2)
-    return AuditGroup(group.setting, group.method, table[..., 0].T.copy(), table[..., 1].T.copy())
+    clean, adv = table[..., 0].T.copy(), table[..., 1].T.copy()
+    return AuditGroup(group.setting, group.method, clean, adv, sorted_features(group.records))
+
+
+def sorted_features(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The records' sorted sigmoid scores (:data:`SORTED_SCORES`), clean and adversarial,
+    ``(n, d)`` float64 each; ``None`` when a record lacks them or their widths differ."""
+    if not records or any(name not in r for r in records for name in SORTED_SCORES):
+        return None
+    widths = {len(r[name]) for r in records for name in SORTED_SCORES}
+    if len(widths) != 1:
+        return None
+    clean, adv = ([r[name] for r in records] for name in SORTED_SCORES)
+    return np.asarray(clean, dtype=np.float64), np.asarray(adv, dtype=np.float64)
 
 
 def read_groups(out: Path) -> list[AuditGroup]:

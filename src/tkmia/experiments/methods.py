@@ -158,7 +158,9 @@ HYPERPARAMETERS: Mapping[str, HyperParameter] = MappingProxyType(
             "succ",
             str,
             "success rule: the paper's, or 'preserve' (the top-k also keeps as many relevant "
-            "labels as the clean image's: TkAcc and P@k cannot drop; SPEC §7.1)",
+            "labels as the clean image's: TkAcc and P@k cannot drop; SPEC §7.1), 'stealth' "
+            "(every label-free statistic of the audit stays within 0.1 IQR of the clean "
+            "image's; SPEC §7.6), or 'preserve+stealth'",
             " or ".join(SUCCESS_RULES),
             lambda v: v in SUCCESS_RULES,
             flag="success",

@@ -36,7 +36,13 @@ from tkmia.metrics import (
     ssim,
     topk_accuracy,
 )
-from tkmia.score_stats import count_above_half, kth_sigmoid, topk_margin, topk_sigmoid_mass
+from tkmia.score_stats import (
+    count_above_half,
+    kth_sigmoid,
+    sorted_sigmoid,
+    topk_margin,
+    topk_sigmoid_mass,
+)
 
 MEASURES = {
     "tkacc": topk_accuracy,
@@ -53,6 +59,10 @@ LABEL_FREE: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "margin": topk_margin,
     "n_above_half": lambda scores, k: count_above_half(scores),
 }
+#: the record fields of the learned label-free monitor (SPEC §7.6): the largest
+#: ``min(c, 2k + 2)`` sigmoid scores in decreasing order, clean and adversarial (lists;
+#: records written before they existed lack them, and the audit skips that monitor)
+SORTED_SCORES = ("sorted_sigmoid_clean", "sorted_sigmoid_adv")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -76,7 +86,8 @@ def make_records(
     success_uint8: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """One record per sample: success, ΔN, the four measures and the label-free statistics
-    (:data:`LABEL_FREE`) before/after, norms.
+    (:data:`LABEL_FREE`) before/after, the sorted sigmoid scores (:data:`SORTED_SCORES`),
+    norms.
 
     ``success_uint8`` ``(B,)``: success re-measured on the 8-bit quantised adversarial
     images (see :func:`quantize_uint8`); stored as ``success_uint8`` when given.
@@ -98,6 +109,8 @@ def make_records(
     for name, stat in LABEL_FREE.items():
         out[f"{name}_clean"] = stat(result.clean_scores, k).tolist()
         out[f"{name}_adv"] = stat(result.adv_scores, k).tolist()
+    out[SORTED_SCORES[0]] = sorted_sigmoid(result.clean_scores, k).tolist()
+    out[SORTED_SCORES[1]] = sorted_sigmoid(result.adv_scores, k).tolist()
     clean, adv = images.to(result.adv_images.device), result.adv_images.detach()
     out["l2"] = l2_norm(clean, adv).tolist()
     out["linf"] = linf_norm(clean, adv).tolist()

@@ -47,6 +47,7 @@ from tkmia.experiments.records import (
 from tkmia.experiments.results_dir import prepare_out_dir, report_bad_images, write_setting
 from tkmia.experiments.scoring import CleanScores
 from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.experiments.stealth_reference import setting_references
 from tkmia.experiments.summary import SummaryRow, collect_rows, write_summary
 from tkmia.files import atomic_path
 from tkmia.normalize import Normalized
@@ -141,6 +142,8 @@ class _Run:
     device: str
     dist: DistInfo
     progress: bool
+    #: ``success="stealth"``'s IQR per setting key (settings a stealth method attacks)
+    stealth_iqr: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def my_chunks(self, plan: SettingPlan, method: MethodConfig) -> tuple[list[list[int]], int]:
         """This rank's chunks of a (setting, method) that still need attacking (as
@@ -172,6 +175,8 @@ class _Run:
         )
         if mine:
             attack = method.build(self.model, setting.k)
+            if attack.stealth:
+                attack.set_stealth_reference(self.stealth_iqr[setting.key])
             reader = ChunkReader(self.dataset, plan.indices, plan.specified, mine, self.device)
             results = attack.stream(
                 reader, setting.effective_threshold, batch_size=self.config.batch_size
@@ -265,8 +270,9 @@ def run(
             methods = [m for m in config.methods if m.runs_on(plan.setting)]
             write_setting(out, plan, methods, config.chunk)
         report_bad_images(plans, dataset)
+    iqr = setting_references(cache, plans, config.methods, out if dist.is_main else None)
     dist.barrier()
-    job = _Run(config, model, dataset, out, device, dist, progress)
+    job = _Run(config, model, dataset, out, device, dist, progress, iqr)
     for plan in plans:
         for method in config.methods:
             if method.runs_on(plan.setting):

@@ -25,6 +25,7 @@ from tkmia.experiments.audit import (
     AuditRow,
     audit,
 )
+from tkmia.experiments.learned_monitor import LEARNED_MONITOR, LearnedAudit, learned_audit
 from tkmia.experiments.settings import Setting
 from tkmia.files import write_text_atomic
 from tkmia.reports.figures import _save as save_figure
@@ -47,6 +48,28 @@ INTRO = (
     "images of the setting (clean versions for the reference); failed attacks count as "
     "attacked."
 )
+
+
+LEARNED_INTRO = (
+    "Learned: a logistic regression on the sorted top min(c, 2k+2) sigmoid scores, fitted "
+    "on half of the images (seeded split by image) and scored on the other half (its p80 "
+    "and AUROC come from that half); its coefficients are in audit-learned.csv."
+)
+
+
+def learned_csv(learned: LearnedAudit) -> str:
+    """``audit-learned.csv``: per group, the halves' sizes, the AUROC, the intercept and
+    the coefficient of each standardised sorted score (``coef_1``: the largest)."""
+    width = max(fit.coef.size for fit in learned.fits.values())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    head = ["setting", "configuration", "fit_images", "scored_images", "auroc", "intercept"]
+    writer.writerow(head + [f"coef_{j + 1}" for j in range(width)])
+    for (setting, config), fit in learned.fits.items():
+        coef = [_num(float(v)) for v in fit.coef] + [""] * (width - fit.coef.size)
+        sizes = [fit.fit_images, fit.clean.size, _num(fit.auroc), _num(fit.intercept)]
+        writer.writerow([setting, config, *sizes, *coef])
+    return buffer.getvalue()
 
 
 def setting_title(setting: Setting) -> str:
@@ -82,34 +105,50 @@ def _p80_text(value: float) -> str:
 
 
 def _table_cells(rows: Sequence[AuditRow], batch: int) -> dict[str, list[list[str]]]:
-    """``{setting title: [[method, p80 per statistic..., AUROC per label-free...]]}``."""
+    """``{setting title: [[method, p80 per statistic..., AUROC per label-free...,
+    (p80 and AUROC of the learned monitor, when audited)]]}``."""
     grid = len({(r.setting.key, r.config.key) for r in rows}) > len(
         {(r.setting.key, r.config.method) for r in rows}
     )
     picked = sorted(
         (r for r in rows if r.batch == batch), key=lambda r: (method_rank(r.config), r.config.key)
     )
+    fixed = [r for r in picked if r.statistic.monitor != LEARNED_MONITOR]
     cells: dict[str, dict[str, list[str]]] = {}
-    for r in picked:
+    for r in fixed:
         by_config = cells.setdefault(setting_title(r.setting), {})
         line = by_config.setdefault(r.config.key, [config_label(r.config, detailed=grid)])
         line.append(_p80_text(r.p80))
-    for r in picked:  # AUROC columns after every p80 column
+    for r in fixed:  # AUROC columns after every p80 column
         if r.statistic.monitor == LABEL_FREE_MONITOR:
             cells[setting_title(r.setting)][r.config.key].append(f"{r.auroc:.2f}")
+    learned = {
+        (setting_title(r.setting), r.config.key): r
+        for r in picked
+        if r.statistic.monitor == LEARNED_MONITOR
+    }
+    if learned:
+        for title, lines in cells.items():
+            for key, line in lines.items():
+                got = learned.get((title, key))
+                line += [_p80_text(got.p80), f"{got.auroc:.2f}"] if got else ["n/a", "n/a"]
     return {title: list(lines.values()) for title, lines in cells.items()}
 
 
-def _headers() -> list[str]:
+def _headers(rows: Sequence[AuditRow] = ()) -> list[str]:
+    """The tables' header; the learned monitor's two columns when ``rows`` hold it."""
     free = [s.title for s in STATISTICS if s.monitor == LABEL_FREE_MONITOR]
-    return ["method", *(f"p80 {s.title}" for s in STATISTICS), *(f"AUROC {t}" for t in free)]
+    head = ["method", *(f"p80 {s.title}" for s in STATISTICS), *(f"AUROC {t}" for t in free)]
+    if any(r.statistic.monitor == LEARNED_MONITOR for r in rows):
+        head += ["p80 learned", "AUROC learned"]
+    return head
 
 
 def audit_markdown(rows: Sequence[AuditRow], batch: int) -> str:
     """One Markdown table per setting: p80 of every monitor at batch size ``batch``, and
     the AUROC of the label-free statistics."""
     parts = []
-    head = _headers()
+    head = _headers([r for r in rows if r.batch == batch])
     for title, lines in _table_cells(rows, batch).items():
         text = [f"### {title} (N = {batch})", "", "| " + " | ".join(head) + " |"]
         text.append("|" + "---|" * len(head))
@@ -125,7 +164,7 @@ def audit_latex(rows: Sequence[AuditRow], batch: int) -> str:
         return text.replace("#", r"\#").replace(">", r"$>$").replace("λ", r"$\lambda$")
 
     parts = []
-    head = _headers()
+    head = _headers([r for r in rows if r.batch == batch])
     for title, lines in _table_cells(rows, batch).items():
         body = [f"% {title}, N = {batch}", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}"]
         body += [r"\toprule", " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
@@ -220,18 +259,28 @@ def write_audit(
     """Audit ``out`` and write ``audit.csv``, ``audit.md``, ``audit.tex`` and (``figures``)
     ``figures/audit-power-<setting>.png``, ``figures/audit-dist-<setting>.png``.
 
+    With the learned label-free monitor (:mod:`tkmia.experiments.learned_monitor`) where
+    the records hold the sorted scores: its rows in ``audit.csv``, two more table columns
+    and its coefficients in ``audit-learned.csv``.
+
     Returns:
-        The Markdown tables (at :data:`HEADLINE_N`, else the first batch size).
+        The Markdown tables (at :data:`HEADLINE_N`, else the first batch size), and a note
+        per group the learned monitor skipped.
 
     Raises:
         InputError: see :func:`~tkmia.experiments.audit.audit`.
     """
     rows, groups = audit(out, batch_sizes, seed, draws)
+    learned = learned_audit(groups, batch_sizes, seed, draws, 3 * draws)
+    rows = rows + learned.rows
     batch = HEADLINE_N if HEADLINE_N in batch_sizes else batch_sizes[0]
     write_text_atomic(out / "audit.csv", audit_csv(rows))
-    text = audit_markdown(rows, batch)
+    if learned.fits:
+        write_text_atomic(out / "audit-learned.csv", learned_csv(learned))
+    text = audit_markdown(rows, batch) + "".join(f"\nNote: {n}" for n in learned.notes)
     settings = f"{draws} bootstrap batches per N (seed {seed}), N in {list(batch_sizes)}."
-    write_text_atomic(out / "audit.md", f"# tkmia audit\n\n{INTRO} {settings}\n\n{text}")
+    intro = f"{INTRO} {LEARNED_INTRO if learned.fits else ''}"
+    write_text_atomic(out / "audit.md", f"# tkmia audit\n\n{intro} {settings}\n\n{text}")
     write_text_atomic(
         out / "audit.tex", f"% tkmia audit: p80 and AUROC\n{audit_latex(rows, batch)}"
     )
