@@ -32,6 +32,7 @@ from tkmia.errors import InputError
 from tkmia.losses import masked_max
 from tkmia.metrics import topk_indices
 from tkmia.normalize import Normalized
+from tkmia.outputs import as_logits
 
 __all__ = ["SUCCESS_RULES", "Attack", "Normalize"]
 
@@ -59,8 +60,10 @@ class Attack:
     """Base class: a batched, per-sample early-exit attack on a top-k multi-label model.
 
     Args:
-        model: maps images ``(B, C, H, W)`` to scores ``(B, c)``. It runs in eval mode during
-            the attack; its own train/eval mode is given back afterwards.
+        model: maps images ``(B, C, H, W)`` to scores ``(B, c)``: a tensor, or a tuple, dict
+            or object with ``.logits`` holding it (read by :func:`tkmia.outputs.logits_of`).
+            It runs in eval mode during the attack; its own train/eval mode is given back
+            afterwards.
         k: the top-k the attacked system reports, ``1 <= k < c``.
         max_iter: at most this many update steps per sample.
         normalize: optional ``(mean, std)`` per channel, applied inside the attack so that
@@ -126,6 +129,7 @@ class Attack:
             if check_int("quantize", quantize, 1) > 16:
                 raise InputError(f"quantize must be a number of bits from 1 to 16, got {quantize}")
         self.quantize = quantize or None
+        model = as_logits(model)
         if normalize is not None:
             if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
                 raise InputError("normalize must be a pair (mean, std) of per-channel sequences")
