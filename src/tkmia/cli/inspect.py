@@ -38,6 +38,7 @@ _KINDS = {
     "torchscript": "TorchScript archive (torch.jit.load)",
     "export": "torch.export archive (torch.export.load)",
     "factory": "Python factory (your code, imported and called)",
+    "timm": "timm model with local weights (pretrained=False, nothing downloaded)",
 }
 
 

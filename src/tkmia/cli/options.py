@@ -117,16 +117,17 @@ RUN_OPTIONS: tuple[Option, ...] = (
         help="'builtin', a .safetensors checkpoint with a .json sidecar, a TorchScript "
         ".pt/.ts or torch.export .pt2 archive, or a factory pkg.module:function or "
         "file.py:function returning an nn.Module (your own Python code: it is imported and "
-        "run, only when named here); see docs/own-model.md",
+        "run, only when named here), or timm:<name>@WEIGHTS (a timm model with local "
+        "weights, nothing downloaded); see docs/own-model.md",
         shown="the built-in model for digits",
     ),
     Option(
         "normalize",
-        help="TorchScript/export/factory models: the normalisation they expect, imagenet, "
-        "none (pixels in [0, 1]), MEAN,STD or 3 means and 3 stds",
-        shown="none",
+        help="TorchScript/export/factory/timm models: the normalisation they expect, "
+        "imagenet, none (pixels in [0, 1]), MEAN,STD or 3 means and 3 stds",
+        shown="none; a timm model's pretrained_cfg",
     ),
-    Option("classes", Path, "TorchScript/export/factory models: their label names, one per line"),
+    Option("classes", Path, "TorchScript/export/factory/timm models: their label names, one a line"),
     Option("methods", help=f"comma-separated, some of {_METHODS}", many=True, shown="all"),
     Option(
         "scheme",
