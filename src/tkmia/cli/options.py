@@ -127,7 +127,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "imagenet, none (pixels in [0, 1]), MEAN,STD or 3 means and 3 stds",
         shown="none; a timm model's pretrained_cfg",
     ),
-    Option("classes", Path, "TorchScript/export/factory/timm models: their label names, one a line"),
+    Option(
+        "classes", Path, "TorchScript/export/factory/timm models: their label names, one a line"
+    ),
     Option("methods", help=f"comma-separated, some of {_METHODS}", many=True, shown="all"),
     Option(
         "scheme",

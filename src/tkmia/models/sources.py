@@ -16,8 +16,8 @@ form                          kind            loaded with
 
 A checkpoint says in its sidecar what it expects (classes, image size, normalisation);
 a timm model is normalised as timm's ``pretrained_cfg`` says (ImageNet's when it says
-nothing) unless ``normalize`` says otherwise; the other three take pixels in [0, 1] unless told otherwise (``normalize``), output the
-dataset's classes in the dataset's order unless told otherwise (``classes``), and are
+nothing) unless ``normalize`` says otherwise; the other three take pixels in [0, 1]
+unless told otherwise (``normalize``); all four output the dataset's classes in the dataset's order unless told otherwise (``classes``), and are
 seen through :class:`~tkmia.models.outputs.Logits`, so that their output may come as a
 tensor, a tuple, a dict or an object with ``.logits``.
 """
@@ -134,7 +134,7 @@ def _parse_timm(text: str) -> ModelSource:
     path = Path(weights)
     if not path.is_file():
         raise MissingFileError(f"weights file {weights!r} (in --model {text!r}) not found")
-    return ModelSource(text, "timm", f"{arch[len('timm:'):]}-{path.stem}", path, module=arch)
+    return ModelSource(text, "timm", f"{arch[len('timm:') :]}-{path.stem}", path, module=arch)
 
 
 def parse_normalize(text: str | None) -> Stats | None:

@@ -99,5 +99,5 @@ def num_classes_of(arch: str, state: dict[str, torch.Tensor]) -> int:
             return int(weight.shape[0])
     raise InputError(
         f"the weights have no classifier {[f'{h}.weight' for h in heads]} of timm model "
-        f"{arch[len(PREFIX):]!r}: are they weights of this model?"
+        f"{arch[len(PREFIX) :]!r}: are they weights of this model?"
     )
