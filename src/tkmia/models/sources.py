@@ -17,7 +17,8 @@ form                          kind            loaded with
 A checkpoint says in its sidecar what it expects (classes, image size, normalisation);
 a timm model is normalised as timm's ``pretrained_cfg`` says (ImageNet's when it says
 nothing) unless ``normalize`` says otherwise; the other three take pixels in [0, 1]
-unless told otherwise (``normalize``); all four output the dataset's classes in the dataset's order unless told otherwise (``classes``), and are
+unless told otherwise (``normalize``); all four output the dataset's classes in the
+dataset's order unless told otherwise (``classes``), and are
 seen through :class:`~tkmia.models.outputs.Logits`, so that their output may come as a
 tensor, a tuple, a dict or an object with ``.logits``.
 """
