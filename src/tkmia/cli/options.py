@@ -130,7 +130,20 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "classes", Path, "TorchScript/export/factory/timm models: their label names, one a line"
     ),
-    Option("methods", help=f"comma-separated, some of {_METHODS}", many=True, shown="all"),
+    Option(
+        "methods",
+        help=f"comma-separated, some of {_METHODS}, or your own attack class "
+        "path/to/file.py:Class or package.module:Class (your code: imported and run; see "
+        "docs/attacks.md)",
+        many=True,
+        shown="all",
+    ),
+    Option(
+        "set",
+        help="name=value[,...]: keyword arguments of your own attack class (--methods "
+        "file.py:Class), e.g. lr=0.001,max_iter=300",
+        many=True,
+    ),
     Option(
         "scheme",
         help="S1 (global), S2 (random) or both",

@@ -81,6 +81,24 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
     return configs
 
 
+def register_methods(methods: list[str] | None, sets: list[str] | None) -> list[str] | None:
+    """``--methods`` with each ``file.py:Class`` or ``pkg.mod:Class`` entry imported,
+    registered and replaced by its method name (:mod:`tkmia.experiments.custom`).
+
+    Raises:
+        InputError, MissingFileError: see :func:`~tkmia.experiments.custom.register_custom`;
+            ``--set`` without such an entry.
+    """
+    from tkmia.experiments.custom import is_custom, parse_sets, register_custom
+
+    values = parse_sets(sets)
+    if not methods or not any(is_custom(m) for m in methods):
+        if values:
+            raise InputError("--set is for your own attack class (--methods file.py:Class)")
+        return methods
+    return [register_custom(m, values) if is_custom(m) else m for m in methods]
+
+
 def _builtin_variants(opts: dict[str, Any]) -> bool:
     """Whether the run is the built-in benchmark that adds SPEC §7 variants: the built-in
     dataset, no method and no hyper-parameter option given."""
@@ -166,6 +184,7 @@ def plan_run(opts: dict[str, Any]) -> RunPlan:
     dataset = opts["dataset"]
     if dataset not in DATASETS:
         raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
+    opts["methods"] = register_methods(opts.get("methods"), opts.get("set"))
     methods = build_methods(opts)
     check_grid(opts)
     check_rule("success", opts["select_tol"], opts["select_scope"])
