@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tkmia.attacks import Attack, LossAttack
 from tkmia.errors import InputError
@@ -44,7 +44,7 @@ def is_custom(method: str) -> bool:
 def _value(text: str) -> Value:
     for kind in (int, float):
         try:
-            return kind(text)  # type: ignore[no-any-return]
+            return kind(text)
         except ValueError:
             pass
     return text
@@ -90,9 +90,9 @@ def register_custom(text: str, sets: dict[str, Value]) -> str:
     unknown = sorted(set(sets) - set(params) - {"model", "k", "normalize"})
     by_arg = {hp.arg: name for name, hp in HYPERPARAMETERS.items()}
     if unknown:
-        takes = [p for p in params if p not in ("model", "k", "normalize", "self")]
+        known = [p for p in params if p not in ("model", "k", "normalize", "self")]
         raise InputError(
-            f"--set {unknown}: {cls.__name__} takes no such argument; it takes {takes}"
+            f"--set {unknown}: {cls.__name__} takes no such argument; it takes {known}"
         )
     extras = {arg: value for arg, value in sets.items() if arg not in by_arg}
     takes = tuple(by_arg[arg] for arg in params if arg in by_arg)
@@ -109,7 +109,7 @@ def register_custom(text: str, sets: dict[str, Value]) -> str:
     name = "-".join([cls.__name__, *(f"{a}{_SAFE.sub('_', str(v))}" for a, v in extras.items())])
     if name in BUILTIN:
         raise InputError(f"attack class {text!r} is named like the built-in method {name!r}")
-    built = functools.partial(cls, **sets)
+    built: Callable[..., Attack] = functools.partial(cls, **sets)  # type: ignore[arg-type]
     loss_based = issubclass(cls, LossAttack)
     targeted = bool(getattr(cls, "targeted", False))
     register_method(MethodSpec(name, name, built, takes, loss_based, targeted=targeted))
