@@ -8,6 +8,7 @@ the scheduling of a stream of chunks :class:`tkmia.attacks.queue.ChunkQueue`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 
@@ -28,7 +29,7 @@ from tkmia.attacks.pixels import PixelMap, quantize, to_tanh_space
 from tkmia.attacks.queue import Chunk, ChunkQueue
 from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
-from tkmia.errors import InputError
+from tkmia.errors import LOW_SUCCESS, InputError, LowSuccessWarning, low_success_advice
 from tkmia.losses import masked_max
 from tkmia.metrics import topk_indices
 from tkmia.normalize import Normalized
@@ -254,6 +255,9 @@ class Attack:
         The clean images are scored in chunks of ``batch_size`` too. To attack more images
         than fit in memory at once, or to write results as they come, use :meth:`stream`.
 
+        A :class:`~tkmia.errors.LowSuccessWarning` says when fewer than half of the
+        samples succeed, with the figure and what to try.
+
         Raises:
             InputError: for bad inputs, threshold, batch size or sync_every.
         """
@@ -263,6 +267,11 @@ class Attack:
         if cap is None:
             cap = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 1
         (result,) = self.stream([(images, labels, specified)], threshold, max(cap, 1), sync_every)
+        images_n = result.success.numel()
+        if images_n and float(result.success.float().mean()) < LOW_SUCCESS:
+            rate = float(result.success.float().mean())
+            advice = low_success_advice(type(self).__name__, rate, images_n)
+            warnings.warn(advice, LowSuccessWarning, stacklevel=2)
         return result
 
     def stream(

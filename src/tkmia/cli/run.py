@@ -340,6 +340,7 @@ def command(args: argparse.Namespace) -> int:
             # every rank is past run()'s last barrier: none can still be writing here
             remove_stale_temporaries(out)
             print(f"results: {out}")
+            warn_low_success(rows)
             if not warn_unattacked(rows):
                 return EXIT_NOTHING_ATTACKED
     finally:
@@ -390,3 +391,19 @@ def warn_unattacked(rows: Sequence[SummaryRow]) -> bool:
         )
         return False
     return True
+
+
+def warn_low_success(rows: Sequence[SummaryRow]) -> None:
+    """One line on stderr per summary row whose success rate is below
+    :data:`~tkmia.errors.LOW_SUCCESS`: the figure and what to try.
+
+    Args:
+        rows: the run's summary rows.
+    """
+    from tkmia.errors import LOW_SUCCESS, low_success_advice
+
+    for row in rows:
+        if row.attacked and row.success_rate < LOW_SUCCESS:
+            name = f"{row.method_title} on {row.setting_title}"
+            advice = low_success_advice(name, row.success_rate, row.attacked)
+            print(f"tkmia run: warning: {advice}", file=sys.stderr)

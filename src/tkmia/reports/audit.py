@@ -24,6 +24,7 @@ from tkmia.experiments.audit import (
     AuditGroup,
     AuditRow,
     audit,
+    skipped_batches,
 )
 from tkmia.experiments.settings import Setting
 from tkmia.files import write_text_atomic
@@ -231,6 +232,11 @@ def write_audit(
     write_text_atomic(out / "audit.csv", audit_csv(rows))
     text = audit_markdown(rows, batch)
     settings = f"{draws} bootstrap batches per N (seed {seed}), N in {list(batch_sizes)}."
+    skipped = skipped_batches(groups, batch_sizes)
+    if skipped:
+        text += "\n\nBatch sizes larger than the attacked images are skipped:\n" + "\n".join(
+            f"- {line}" for line in skipped
+        )
     write_text_atomic(out / "audit.md", f"# tkmia audit\n\n{INTRO} {settings}\n\n{text}")
     write_text_atomic(
         out / "audit.tex", f"% tkmia audit: p80 and AUROC\n{audit_latex(rows, batch)}"
