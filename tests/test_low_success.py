@@ -38,3 +38,20 @@ def test_the_cli_prints_one_line_per_failing_row(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("tkmia run: warning: TkMIA on S2 k=2 n=1 succeeded on 25% of 40")
+
+
+def test_to_records_is_one_plain_dict_per_image() -> None:
+    model = make_cnn(c=8)
+    x, y, s = make_problem(model, 3, 2, n_relevant=4)
+    res = TkMIA(model, k=2, lr=1.0, max_iter=50)(x, y, s)
+    records = res.to_records(x, k=2)
+    assert len(records) == 3
+    for i, rec in enumerate(records):
+        assert rec["index"] == i and rec["success"] is bool(res.success[i])
+        assert rec["iterations"] == int(res.iterations[i])
+        assert rec["specified"] == [j for j in range(8) if s[i, j]]
+        ref = float(((res.adv_images[i].double() - x[i].double()) ** 2).sum().sqrt())
+        assert abs(rec["l2"] - ref) < 1e-9
+        order = sorted(range(8), key=lambda j: -float(res.adv_scores[i, j]))
+        assert rec["adv_topk"] == order[:2]
+    assert set(res.to_records()[0]) == {"index", "success", "iterations", "required", "specified"}

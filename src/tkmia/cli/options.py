@@ -205,7 +205,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
         shown="4 x --batch-size",
         check=POSITIVE,
     ),
-    Option("device", help="cpu or cuda[:i]", default="cpu"),
+    Option(
+        "device", help="auto (cuda when a GPU is there, else cpu), cpu or cuda[:i]", default="auto"
+    ),
     Option("seed", int, "random seed (S2 draws its labels with it)", default=0, check=NON_NEGATIVE),
     Option(
         "examples", int, "images per setting drawn in the figures", default=3, check=NON_NEGATIVE

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.checks import check_device, check_writable, resolve_device
 from tkmia.cli.consistency import apply_implications, option_names
 from tkmia.cli.options import add_options, check_values, complete, resolve_options
 from tkmia.errors import InputError
@@ -307,7 +307,7 @@ def command(args: argparse.Namespace) -> int:
     plan = plan_run(apply_implications(resolve_options(args), option_names(args)))
     opts, out = plan.opts, plan.out
     check_compatible(out, early_config(plan))
-    dist, device = init_from_env(opts["device"])  # torchrun: join the process group
+    dist, device = init_from_env(resolve_device(opts["device"]))  # torchrun: join the process group
     model, dataset, settings, split = _open(plan, device)
     classes = list(dataset.classes)
     variants = [c.key for c in plan.methods if c.variant] if _builtin_variants(opts) else []
