@@ -10,16 +10,27 @@ from __future__ import annotations
 import csv
 import re
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tkmia.cli import main
 from tkmia.errors import InputError
+from tkmia.experiments import methods
 from tkmia.experiments.custom import parse_sets, register_custom
 from tkmia.experiments.methods import REGISTRY
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "attacks.md"
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored() -> Iterator[None]:
+    """The registry as it was: the attacks registered here do not leak into other tests."""
+    saved = dict(methods._METHODS)
+    yield
+    methods._METHODS.clear()
+    methods._METHODS.update(saved)
 
 
 def _docs_attack(folder: Path) -> Path:
