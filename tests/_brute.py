@@ -18,17 +18,22 @@ def tkmia_loop(f: list[float], y: list[int], s: list[int], k: int) -> float:
     return atk_loop([max_s - v for v in f], c - k) + atk_loop([v - min_r for v in f], k)
 
 
-def sgd_reference(model, x, objective, lr: float, lam: float, steps: int, penalty: str = "w"):
+def sgd_reference(
+    model, x, objective, lr: float, lam: float, steps: int, penalty: str = "w", min_step=3e-6
+):
     """SPEC §4.1 written out in float64 for a batch, without early exit: ``steps`` SGD steps
     (momentum 0.9) on ``w`` in ``x' = (tanh(atanh(2x − 1) + w) + 1) / 2``, minimising
     ``objective(model(x')).sum()`` plus ``(λ/2)‖w‖²`` (``penalty="w"``) or
-    ``(λ/2)‖x' − x‖²`` (``"pixel"``); returns the pixels ``x'`` after the last step."""
+    ``(λ/2)‖x' − x‖²`` (``"pixel"``); returns the pixels ``x'`` after the last step.
+    A sample whose first step ``lr·rms`` (RMS of its first gradient) is below ``min_step``
+    steps with the learning rate ``lr·min(min_step / (lr·rms), 1e4)`` throughout (issue 35)."""
     import torch
 
     x = x.double()
     z0 = torch.atanh(2 * x.clamp(1e-6, 1 - 1e-6) - 1)
     w = torch.zeros_like(x)
     buf = torch.zeros_like(x)
+    boost = None
     for _ in range(steps):
         w.requires_grad_(True)
         x_adv = (torch.tanh(z0 + w) + 1) / 2
@@ -39,8 +44,11 @@ def sgd_reference(model, x, objective, lr: float, lam: float, steps: int, penalt
             loss = loss + 0.5 * lam * (x_adv - x).pow(2).sum()
         (grad,) = torch.autograd.grad(loss, w)
         with torch.no_grad():
+            if boost is None:
+                rms = grad.flatten(1).norm(dim=1) / grad[0].numel() ** 0.5
+                boost = (min_step / (lr * rms)).clamp(1.0, 1e4).view(-1, *([1] * (x.dim() - 1)))
             buf = 0.9 * buf + grad
-            w = w.detach() - lr * buf
+            w = w.detach() - lr * boost * buf
     with torch.no_grad():
         return (torch.tanh(z0 + w) + 1) / 2
 

@@ -173,11 +173,13 @@ def test_penalty_enters_the_step_as_specified(penalty: str, lam: float) -> None:
     def objective(f):
         return tkmia_loss(f, y.bool(), s.bool(), K)
 
-    res = TkMIA(model, K, lr=lr, lam=lam, max_iter=steps, penalty=penalty)(x, y, s)
+    atk = TkMIA(model, K, lr=lr, lam=lam, max_iter=steps, penalty=penalty)
+    atk.min_step = 0.0  # plain SPEC §4.1 SGD (the boost has its own test below)
+    res = atk(x, y, s)
     assert (res.iterations == steps).all() and not res.success.any()
-    expect = sgd_reference(model, x, objective, lr, lam, steps, penalty)
+    expect = sgd_reference(model, x, objective, lr, lam, steps, penalty, min_step=0.0)
     torch.testing.assert_close(res.adv_images, expect, atol=1e-9, rtol=0)
-    without = sgd_reference(model, x, objective, lr, 0.0, steps)
+    without = sgd_reference(model, x, objective, lr, 0.0, steps, min_step=0.0)
     assert (res.adv_images - without).abs().max() > 100 * 1e-9  # the penalty moved the step
 
 
@@ -661,3 +663,32 @@ def test_the_registry_reads_defaults_from_the_class_signature() -> None:
 
     with pytest.raises(ValueError, match="no keyword default"):
         MethodSpec("bad", "Bad", NoDefault, ("lr", "lam", "max_iter"), True)
+
+
+@pytest.mark.parametrize(("scale", "lr"), [(1e-3, 1e-4), (1.0, 0.05)])
+def test_a_weak_first_gradient_raises_the_step_as_the_reference_does(
+    scale: float, lr: float
+) -> None:
+    """A small first step (tiny logits, a small lr) is raised to the floor (issue 35): the
+    attack's iterates are the float64 reference's with the boost, and not those without
+    it; where lr·rms is above the floor nothing changes."""
+    net = make_cnn(dtype=torch.float64)
+
+    class Scaled(torch.nn.Module):
+        def forward(self, x):
+            return net(x) * scale
+
+    model = Scaled()
+    x, y, s = make_problem(model, 4, K, dtype=torch.float64)
+    steps = 3
+
+    def objective(f):
+        return tkmia_loss(f, y.bool(), s.bool(), K)
+
+    res = TkMIA(model, K, lr=lr, lam=1e-3, max_iter=steps)(x, y, s)
+    assert (res.iterations == steps).all()
+    expect = sgd_reference(model, x, objective, lr, 1e-3, steps)
+    torch.testing.assert_close(res.adv_images, expect, atol=1e-9, rtol=0)
+    plain = sgd_reference(model, x, objective, lr, 1e-3, steps, min_step=0.0)
+    moved = (res.adv_images - plain).abs().max()
+    assert moved > 1e-6 if scale < 1 else moved < 1e-12

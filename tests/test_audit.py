@@ -134,7 +134,7 @@ def _csv(path):
 
 def test_audit_of_a_folder_is_unchanged_by_report(results, capsys) -> None:
     out = results
-    assert main(["audit", str(out), "--batch-sizes", "50,100", "--draws", "200"]) == 0
+    assert main(["audit", str(out), "--batch-sizes", "3,6", "--draws", "200"]) == 0
     printed = capsys.readouterr().out
     assert "p80 P@k" in printed and "AUROC margin" in printed
     first = (out / "audit.csv").read_bytes()
@@ -149,9 +149,26 @@ def test_audit_of_a_folder_is_unchanged_by_report(results, capsys) -> None:
     for kind in ("power", "dist"):
         assert (out / "figures" / f"audit-{kind}-random-k3-n1-t1.png").stat().st_size > 1000
     assert main(["report", str(out)]) == 0
-    args = ["audit", str(out), "--batch-sizes", "50,100", "--draws", "200", "--no-figures"]
+    args = ["audit", str(out), "--batch-sizes", "3,6", "--draws", "200", "--no-figures"]
     assert main(args) == 0
     assert (out / "audit.csv").read_bytes() == first
+
+
+def test_batch_sizes_beyond_the_attacked_images_are_skipped_with_a_note(results, capsys) -> None:
+    """6 images attacked per setting: N = 50 would resample them; it is left out, in one
+    line per method, and N = 6 keeps exactly the rows it has alone."""
+    out = results
+    assert main(["audit", str(out), "--batch-sizes", "6", "--draws", "200", "--no-figures"]) == 0
+    alone = (out / "audit.csv").read_bytes()
+    capsys.readouterr()
+    args = ["audit", str(out), "--batch-sizes", "6,50", "--draws", "200", "--no-figures"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("N = [50] skipped (only 6 attacked images") == 2  # two methods
+    assert "skipped" in (out / "audit.md").read_text()
+    rows = _csv(out / "audit.csv")
+    assert {r["N"] for r in rows} == {"6"}
+    assert (out / "audit.csv").read_bytes() == alone
 
 
 def test_records_without_the_statistics_name_the_columns(results, tmp_path, capsys) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tkmia"
 
 # ------------------------------------------------------------------ the allowed directions
-FOUNDATION = {"errors", "files", "runtime", "normalize"}
+FOUNDATION = {"errors", "files", "runtime", "normalize", "outputs"}
 MATH = FOUNDATION | {"metrics", "losses", "score_stats", "certificate"}
 CORE = MATH | {"protocol"}
 LIBRARY = CORE | {"attacks", "data", "models", "training"}
@@ -28,6 +28,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "files": FOUNDATION,
     "runtime": FOUNDATION,
     "normalize": FOUNDATION,
+    "outputs": FOUNDATION,
     "metrics": MATH,
     "losses": MATH,
     "score_stats": MATH,

@@ -71,3 +71,33 @@ def test_local_pretrained_weights_fill_all_but_the_head(suffix: str, tmp_path: P
     for key, value in net.state_dict().items():
         expected = fresh_head[key] if key.startswith("fc.") else state[key]
         assert torch.equal(value, expected), key
+
+
+def test_model_timm_name_at_local_weights_in_python_and_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(1)
+    net = build_net(ARCH, 20).eval()
+    weights = tmp_path / "mine.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    model, info = open_model(f"{ARCH}@{weights}")
+    assert info.source.kind == "timm" and info.normalize is not None
+    mean = torch.tensor(info.normalize[0]).view(1, 3, 1, 1)
+    std = torch.tensor(info.normalize[1]).view(1, 3, 1, 1)
+    with torch.no_grad():  # the reference: the net itself, normalised by hand
+        torch.testing.assert_close(model(X), net((X - mean) / std), rtol=1e-5, atol=1e-6)
+    plain, info = open_model(f"{ARCH}@{weights}", normalize="none")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(X), net(X), rtol=1e-5, atol=1e-6)
+    assert main(["inspect", "--model", f"{ARCH}@{weights}", "--image-size", "48"]) == 0
+    out = capsys.readouterr().out
+    assert "timm" in out and "(2, 20)" in out
+    with pytest.raises(InputError, match="needs its local weights"):
+        open_model(ARCH)
+    bad = tmp_path / "other.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in build_net("timm:resnet10t", 20).state_dict().items()},
+        str(bad),
+    )
+    with pytest.raises(InputError, match="does not match"):
+        open_model(f"{ARCH}@{bad}")

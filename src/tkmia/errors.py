@@ -18,3 +18,24 @@ class MissingFileError(InputError, FileNotFoundError):
 
 class BadImageError(InputError):
     """An image file listed by a dataset is missing, unreadable or not a valid image."""
+
+
+class LowSuccessWarning(UserWarning):
+    """An attack succeeded on fewer than half of its images (issue 35): its defaults may
+    not suit the model; the message gives the figure and what to try."""
+
+
+#: below this success rate a run warns (:class:`LowSuccessWarning`, and a line of
+#: ``tkmia run``)
+LOW_SUCCESS = 0.5
+
+
+def low_success_advice(name: str, rate: float, images: int) -> str:
+    """The warning text for an attack ``name`` that succeeded on a fraction ``rate`` of
+    ``images`` images."""
+    return (
+        f"{name} succeeded on {rate:.0%} of {images} images (below {LOW_SUCCESS:.0%}): try a "
+        "larger max_iter or lr (e.g. 10x; in Python atk.min_step = 3e-5), or check "
+        "the model with tkmia inspect (a wrong --normalize or --classes shows as a low "
+        "test mAP); see docs/own-model.md"
+    )

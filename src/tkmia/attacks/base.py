@@ -8,6 +8,7 @@ the scheduling of a stream of chunks :class:`tkmia.attacks.queue.ChunkQueue`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 
@@ -29,10 +30,11 @@ from tkmia.attacks.queue import Chunk, ChunkQueue
 from tkmia.attacks.result import AttackResult
 from tkmia.attacks.state import SampleState
 from tkmia.attacks.stealth import STEALTH_RHO, check_reference, rule_parts, within_band
-from tkmia.errors import InputError
+from tkmia.errors import LOW_SUCCESS, InputError, LowSuccessWarning, low_success_advice
 from tkmia.losses import masked_max
 from tkmia.metrics import topk_indices
 from tkmia.normalize import Normalized
+from tkmia.outputs import as_logits
 from tkmia.score_stats import label_free_stats
 
 __all__ = ["SUCCESS_RULES", "Attack", "Normalize"]
@@ -61,8 +63,10 @@ class Attack:
     """Base class: a batched, per-sample early-exit attack on a top-k multi-label model.
 
     Args:
-        model: maps images ``(B, C, H, W)`` to scores ``(B, c)``. It runs in eval mode during
-            the attack; its own train/eval mode is given back afterwards.
+        model: maps images ``(B, C, H, W)`` to scores ``(B, c)``: a tensor, or a tuple, dict
+            or object with ``.logits`` holding it (read by :func:`tkmia.outputs.logits_of`).
+            It runs in eval mode during the attack; its own train/eval mode is given back
+            afterwards.
         k: the top-k the attacked system reports, ``1 <= k < c``.
         max_iter: at most this many update steps per sample.
         normalize: optional ``(mean, std)`` per channel, applied inside the attack so that
@@ -135,6 +139,7 @@ class Attack:
             if check_int("quantize", quantize, 1) > 16:
                 raise InputError(f"quantize must be a number of bits from 1 to 16, got {quantize}")
         self.quantize = quantize or None
+        model = as_logits(model)
         if normalize is not None:
             if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
                 raise InputError("normalize must be a pair (mean, std) of per-channel sequences")
@@ -278,6 +283,9 @@ class Attack:
         The clean images are scored in chunks of ``batch_size`` too. To attack more images
         than fit in memory at once, or to write results as they come, use :meth:`stream`.
 
+        A :class:`~tkmia.errors.LowSuccessWarning` says when fewer than half of the
+        samples succeed, with the figure and what to try.
+
         Raises:
             InputError: for bad inputs, threshold, batch size or sync_every.
         """
@@ -287,6 +295,11 @@ class Attack:
         if cap is None:
             cap = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 1
         (result,) = self.stream([(images, labels, specified)], threshold, max(cap, 1), sync_every)
+        images_n = result.success.numel()
+        if images_n and float(result.success.float().mean()) < LOW_SUCCESS:
+            rate = float(result.success.float().mean())
+            advice = low_success_advice(type(self).__name__, rate, images_n)
+            warnings.warn(advice, LowSuccessWarning, stacklevel=2)
         return result
 
     def stream(

@@ -20,13 +20,24 @@ _FUSED_SGD = getattr(torch, "_fused_sgd_", None)
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: SGD momentum of every loss-based attack, as the reference implementation
 MOMENTUM = 0.9
+#: the floor of a sample's first step, ``lr`` times the RMS of its first gradient over the
+#: tanh-space coordinates: a sample whose first step is smaller has its learning rate
+#: raised by ``MIN_STEP / (lr · rms)`` for the whole run, whatever the model's logit scale
+#: and image size. Below every built-in sample's at the default ``lr`` (TkMIA 9.5e-6,
+#: TkML-AP-U 2.8e-5, ML-CW-U 3.1e-5 at the least, 400 test images, k = 2 and 3), so that
+#: the built-in model's runs are unchanged, bit for bit (docs/own-model.md, issue 35).
+MIN_STEP = 3e-6
+#: the largest factor :data:`MIN_STEP` raises a learning rate by (a flat first gradient)
+MAX_BOOST = 1e4
 
 
 @dataclass
 class SGDState(SampleState):
-    """:class:`SampleState` plus the SGD momentum buffer ``(n, C, H, W)`` of ``v``."""
+    """:class:`SampleState` plus the SGD momentum buffer ``(n, C, H, W)`` of ``v`` and the
+    per-sample learning-rate factor ``(n,)`` (0 until the sample's first step sets it)."""
 
     momentum: torch.Tensor
+    boost: torch.Tensor
 
 
 def sgd_step(
@@ -96,6 +107,15 @@ class LossAttack(Attack):
 
     A subclass defines :meth:`objective` (and, for speed, :meth:`objective_grad`); it may
     project the step with :meth:`constrain`.
+
+    **The step on any model.** A sample whose first step ``lr · rms`` (``rms``: the RMS of
+    its first gradient w.r.t. ``w``) is below :attr:`min_step` (default :data:`MIN_STEP`)
+    takes every step with the learning rate ``min_step / rms`` (at most
+    ``MAX_BOOST · lr``), whatever the logit scale or image size of the model (a model with
+    10× smaller logits, or 4× larger images, has 10× or about 4× smaller gradients per
+    coordinate). Every built-in sample's first step at the default ``lr`` is above it, so
+    the built-in numbers are unchanged. ``atk.min_step = 0`` gives the plain SGD of
+    SPEC §4.1.
     """
 
     State: type[SGDState] = SGDState
@@ -118,6 +138,8 @@ class LossAttack(Attack):
         if penalty not in ("w", "pixel"):
             raise InputError(f"penalty must be 'w' or 'pixel', got {penalty!r}")
         self.penalty = penalty
+        #: the first-step floor (see the class docstring); 0: plain SGD
+        self.min_step = MIN_STEP
 
     # ----------------------------------------------------------------- hooks
     def objective(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
@@ -137,7 +159,8 @@ class LossAttack(Attack):
 
     # ------------------------------------------------------------- engine
     def init_state(self, base: SampleState, clean_scores: torch.Tensor) -> SampleState:
-        return self.State.extend(base, momentum=torch.zeros_like(base.x0))
+        boost = torch.zeros(base.x0.shape[0], dtype=base.x0.dtype, device=base.x0.device)
+        return self.State.extend(base, momentum=torch.zeros_like(base.x0), boost=boost)
 
     def expected_need(
         self, clean_scores: torch.Tensor, labels: torch.Tensor, specified: torch.Tensor
@@ -163,4 +186,21 @@ class LossAttack(Attack):
             total = total + 0.5 * self.lam * (x_adv - state.x0).pow(2).sum()
         (grad,) = torch.autograd.grad(total, w)
         decay = self.lam if self.penalty == "w" else 0.0
+        if self.min_step > 0:
+            grad = self._boosted(grad, w.detach(), decay, state)
+            decay = 0.0
         return self.constrain(sgd_step(w.detach(), grad, state.momentum, self.lr, decay), state)
+
+    def _boosted(
+        self, grad: torch.Tensor, w: torch.Tensor, decay: float, state: SGDState
+    ) -> torch.Tensor:
+        """``(grad + decay·w)·boost`` per sample, ``(n, C, H, W)``: the same SGD step with the
+        learning rate ``lr·boost`` (momentum is linear, and a sample's boost is constant).
+        A sample's boost is set at its first step: ``max(1, min_step / (lr·rms(grad)))``. Where
+        it is 1 the result is ``grad + decay·w`` exactly (the built-in runs, bit for bit)."""
+        rms = grad.flatten(1).norm(dim=1) / grad[0].numel() ** 0.5
+        first = (self.min_step / (self.lr * rms).clamp(min=1e-30)).clamp(1.0, MAX_BOOST)
+        state.boost = torch.where(state.boost > 0, state.boost, first.to(state.boost.dtype))
+        if decay > 0:
+            grad = grad.add(w, alpha=decay)
+        return grad.mul(state.boost.view(-1, *([1] * (grad.dim() - 1))))

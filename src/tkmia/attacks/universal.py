@@ -44,6 +44,7 @@ from tkmia.metrics import (
     topk_accuracy,
 )
 from tkmia.normalize import Normalized
+from tkmia.outputs import as_logits
 
 __all__ = ["OBJECTIVES", "Universal", "UniversalResult", "load_delta", "project_l2"]
 
@@ -151,6 +152,7 @@ class Universal:
         self.epochs = check_int("epochs", epochs, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.seed = check_int("seed", seed, 0)
+        model = as_logits(model)
         self.model = model if normalize is None else Normalized(model, *normalize)
         #: wall seconds of the last :meth:`fit` (this process's part when it resumed)
         self.fit_seconds = 0.0

@@ -15,7 +15,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tkmia.errors import InputError
 
@@ -28,8 +28,46 @@ COMMANDS = ("run", "train", "report", "inspect", "universal", "audit", "evaluate
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; no abbreviated flags (``--method`` is not ``--methods``); a
+    misspelled flag gets the closest ones its command has."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other mistake
-        raise InputError(f"{self.prog}: {message}")
+        raise InputError(f"{self.prog}: {message}{_did_you_mean(self, message)}")
+
+
+def _flags(parser: argparse.ArgumentParser, command: str | None) -> list[str]:
+    """The flags of ``parser`` and, if given, of its subcommand ``command``."""
+    flags = list(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            flags += list(action.choices[command]._option_string_actions)
+    return flags
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    """``"; did you mean --methods?"`` for each unrecognised flag that is close to one."""
+    import difflib
+
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    words = message.split(":", 1)[1].split()
+    command = _COMMAND_SEEN[0] if _COMMAND_SEEN else None
+    hints = []
+    for word in words:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--"):
+            close = difflib.get_close_matches(flag, _flags(parser, command), n=2, cutoff=0.6)
+            if close:
+                hints.append(f"{flag}: did you mean {' or '.join(close)}?")
+    return ("; " + "; ".join(hints)) if hints else ""
+
+
+#: the subcommand of the command line being parsed (for the flags' suggestions)
+_COMMAND_SEEN: list[str] = []
 
 
 def _module(command: str) -> ModuleType:
@@ -38,7 +76,7 @@ def _module(command: str) -> ModuleType:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `tkmia` parser with its subcommands; parse errors raise :class:`InputError`."""
-    parser = _Parser(prog="tkmia", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tkmia", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         _module(command).add_parser(sub)
@@ -55,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: the command's, 2 for a user mistake (one ``tkmia: error: ...`` line
         on stderr), 130 when interrupted.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _COMMAND_SEEN[:] = [w for w in argv if w in COMMANDS][:1]
     try:
         args = build_parser().parse_args(argv)
         if args.command in ("run", "train", "universal", "evaluate"):

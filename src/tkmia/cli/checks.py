@@ -30,20 +30,31 @@ def check_writable(out: Path) -> None:
         )
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` (the default of every command): ``cuda`` when a GPU is there, else ``cpu``;
+    any other value as it is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device: str) -> None:
     """Check that torch knows ``device`` and, for CUDA, that a GPU is there.
 
     Args:
-        device: ``cpu`` or ``cuda[:i]``.
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
 
     Raises:
         InputError: an unknown device, or CUDA asked for without a GPU.
     """
     import torch
 
+    device = resolve_device(device)
     try:
         torch.device(device)
     except RuntimeError:
-        raise InputError(f"--device must be cpu or cuda[:i], got {device!r}") from None
+        raise InputError(f"--device must be auto, cpu or cuda[:i], got {device!r}") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device!r} asked for, but no CUDA device is available")

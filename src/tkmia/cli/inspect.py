@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tkmia.cli.checks import check_device
+from tkmia.cli.checks import check_device, resolve_device
 from tkmia.cli.options import OPTIONS, add_options, check_values, resolve_options
 from tkmia.cli.run import check_model_options
 from tkmia.errors import InputError
@@ -38,6 +38,7 @@ _KINDS = {
     "torchscript": "TorchScript archive (torch.jit.load)",
     "export": "torch.export archive (torch.export.load)",
     "factory": "Python factory (your code, imported and called)",
+    "timm": "timm model with local weights (pretrained=False, nothing downloaded)",
 }
 
 
@@ -109,8 +110,9 @@ def command(args: argparse.Namespace) -> int:
     if name is not None and name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
     source = check_model_options(opts)
-    device = opts.get("device") or "cpu"
+    device = opts.get("device") or "auto"
     check_device(device)
+    device = resolve_device(device)
     model, info = open_model(
         source, device, normalize=opts.get("normalize"), classes=opts.get("classes")
     )

@@ -117,17 +117,33 @@ RUN_OPTIONS: tuple[Option, ...] = (
         help="'builtin', a .safetensors checkpoint with a .json sidecar, a TorchScript "
         ".pt/.ts or torch.export .pt2 archive, or a factory pkg.module:function or "
         "file.py:function returning an nn.Module (your own Python code: it is imported and "
-        "run, only when named here); see docs/own-model.md",
+        "run, only when named here), or timm:<name>@WEIGHTS (a timm model with local "
+        "weights, nothing downloaded); see docs/own-model.md",
         shown="the built-in model for digits",
     ),
     Option(
         "normalize",
-        help="TorchScript/export/factory models: the normalisation they expect, imagenet, "
-        "none (pixels in [0, 1]), MEAN,STD or 3 means and 3 stds",
-        shown="none",
+        help="TorchScript/export/factory/timm models: the normalisation they expect, "
+        "imagenet, none (pixels in [0, 1]), MEAN,STD or 3 means and 3 stds",
+        shown="none; a timm model's pretrained_cfg",
     ),
-    Option("classes", Path, "TorchScript/export/factory models: their label names, one per line"),
-    Option("methods", help=f"comma-separated, some of {_METHODS}", many=True, shown="all"),
+    Option(
+        "classes", Path, "TorchScript/export/factory/timm models: their label names, one a line"
+    ),
+    Option(
+        "methods",
+        help=f"comma-separated, some of {_METHODS}, or your own attack class "
+        "path/to/file.py:Class or package.module:Class (your code: imported and run; see "
+        "docs/attacks.md)",
+        many=True,
+        shown="all",
+    ),
+    Option(
+        "set",
+        help="name=value[,...]: keyword arguments of your own attack class (--methods "
+        "file.py:Class), e.g. lr=0.001,max_iter=300",
+        many=True,
+    ),
     Option(
         "scheme",
         help="S1 (global), S2 (random) or both",
@@ -189,7 +205,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
         shown="4 x --batch-size",
         check=POSITIVE,
     ),
-    Option("device", help="cpu or cuda[:i]", default="cpu"),
+    Option(
+        "device", help="auto (cuda when a GPU is there, else cpu), cpu or cuda[:i]", default="auto"
+    ),
     Option("seed", int, "random seed (S2 draws its labels with it)", default=0, check=NON_NEGATIVE),
     Option(
         "examples", int, "images per setting drawn in the figures", default=3, check=NON_NEGATIVE

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.checks import check_device, check_writable, resolve_device
 from tkmia.cli.consistency import apply_implications, option_names
 from tkmia.cli.options import add_options, check_values, complete, resolve_options
 from tkmia.errors import InputError
@@ -79,6 +79,24 @@ def build_methods(opts: dict[str, Any]) -> list[MethodConfig]:
     if _builtin_variants(opts):
         configs = with_default_variants(configs)
     return configs
+
+
+def register_methods(methods: list[str] | None, sets: list[str] | None) -> list[str] | None:
+    """``--methods`` with each ``file.py:Class`` or ``pkg.mod:Class`` entry imported,
+    registered and replaced by its method name (:mod:`tkmia.experiments.custom`).
+
+    Raises:
+        InputError, MissingFileError: see :func:`~tkmia.experiments.custom.register_custom`;
+            ``--set`` without such an entry.
+    """
+    from tkmia.experiments.custom import is_custom, parse_sets, register_custom
+
+    values = parse_sets(sets)
+    if not methods or not any(is_custom(m) for m in methods):
+        if values:
+            raise InputError("--set is for your own attack class (--methods file.py:Class)")
+        return methods
+    return [register_custom(m, values) if is_custom(m) else m for m in methods]
 
 
 def _builtin_variants(opts: dict[str, Any]) -> bool:
@@ -166,6 +184,7 @@ def plan_run(opts: dict[str, Any]) -> RunPlan:
     dataset = opts["dataset"]
     if dataset not in DATASETS:
         raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
+    opts["methods"] = register_methods(opts.get("methods"), opts.get("set"))
     methods = build_methods(opts)
     check_grid(opts)
     check_rule("success", opts["select_tol"], opts["select_scope"])
@@ -288,7 +307,7 @@ def command(args: argparse.Namespace) -> int:
     plan = plan_run(apply_implications(resolve_options(args), option_names(args)))
     opts, out = plan.opts, plan.out
     check_compatible(out, early_config(plan))
-    dist, device = init_from_env(opts["device"])  # torchrun: join the process group
+    dist, device = init_from_env(resolve_device(opts["device"]))  # torchrun: join the process group
     model, dataset, settings, split = _open(plan, device)
     classes = list(dataset.classes)
     variants = [c.key for c in plan.methods if c.variant] if _builtin_variants(opts) else []
@@ -321,6 +340,7 @@ def command(args: argparse.Namespace) -> int:
             # every rank is past run()'s last barrier: none can still be writing here
             remove_stale_temporaries(out)
             print(f"results: {out}")
+            warn_low_success(rows)
             if not warn_unattacked(rows):
                 return EXIT_NOTHING_ATTACKED
     finally:
@@ -371,3 +391,19 @@ def warn_unattacked(rows: Sequence[SummaryRow]) -> bool:
         )
         return False
     return True
+
+
+def warn_low_success(rows: Sequence[SummaryRow]) -> None:
+    """One line on stderr per summary row whose success rate is below
+    :data:`~tkmia.errors.LOW_SUCCESS`: the figure and what to try.
+
+    Args:
+        rows: the run's summary rows.
+    """
+    from tkmia.errors import LOW_SUCCESS, low_success_advice
+
+    for row in rows:
+        if row.attacked and row.success_rate < LOW_SUCCESS:
+            name = f"{row.method_title} on {row.setting_title}"
+            advice = low_success_advice(name, row.success_rate, row.attacked)
+            print(f"tkmia run: warning: {advice}", file=sys.stderr)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.checks import check_device, check_writable, resolve_device
 from tkmia.errors import InputError, MissingFileError
 
 #: per-dataset defaults: (architecture, epochs, batch size, lr, optimizer, flip augmentation);
@@ -72,7 +72,11 @@ def add_parser(sub: Any) -> None:
         help="Gaussian noise σ added to every training image (pixels in [0, 1], clipped), "
         "so that the model is useful under randomized smoothing (tkmia certify) (default: 0)",
     )
-    train.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    train.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda when a GPU is there, else cpu), cpu or cuda[:i] (default: auto)",
+    )
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument(
@@ -224,7 +228,14 @@ def command(args: argparse.Namespace) -> int:
     )
     progress = not args.no_progress and sys.stderr.isatty()
     best = train_model(
-        model, train_set, test_set, config, out, meta, device=args.device, progress=progress
+        model,
+        train_set,
+        test_set,
+        config,
+        out,
+        meta,
+        device=resolve_device(args.device),
+        progress=progress,
     )
     remove_stale_temporaries(out)  # what an interrupted earlier run left
     print(

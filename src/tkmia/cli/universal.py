@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tkmia.attacks.universal import OBJECTIVES, Universal
-from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.checks import check_device, check_writable, resolve_device
 from tkmia.cli.options import (
     NON_NEGATIVE,
     OPTIONS,
@@ -122,7 +122,7 @@ def command(args: argparse.Namespace) -> int:
 
     opts = complete(resolve_options(args, UNIVERSAL_OPTIONS), UNIVERSAL_OPTIONS)
     dataset, model_path, model_name, out = _plan(opts)
-    device = opts["device"]
+    device = resolve_device(opts["device"])
     splits = (
         opts.get("fit_split") or TRAIN_SPLIT.get(dataset, "train"),
         opts.get("split") or EVAL_SPLIT.get(dataset, "val"),

@@ -319,7 +319,8 @@ def audit_groups(
     draws: int = DRAWS,
     threshold_draws: int = THRESHOLD_DRAWS,
 ) -> list[AuditRow]:
-    """Every monitor of the given groups: statistics × batch sizes, in group order.
+    """Every monitor of the given groups: statistics × batch sizes, in group order, but
+    for batch sizes larger than a group's attacked images (:func:`skipped_batches`).
 
     Groups of the same setting with the same clean values (the methods attacked the same
     images) are bootstrapped together.
@@ -342,6 +343,8 @@ def audit_groups(
     for i, group in enumerate(groups):
         areas = auroc(group.clean, group.adv)
         for batch in batch_sizes:
+            if batch > group.clean.shape[1]:  # see skipped_batches
+                continue
             for s, stat in enumerate(STATISTICS):
                 area = float(areas[s]) if stat.two_sided else math.nan
                 rows.append(
@@ -356,6 +359,23 @@ def audit_groups(
                     )  # fmt: skip
                 )
     return rows
+
+
+def skipped_batches(groups: Sequence[AuditGroup], batch_sizes: Sequence[int]) -> list[str]:
+    """One line per group whose attacked images are fewer than some batch sizes: those
+    batch sizes are left out of its audit. A batch of N drawn (with replacement) from n < N
+    images repeats them: its power would describe the n images, not a batch of N
+    independent ones (docs/audit.md)."""
+    notes = []
+    for group in groups:
+        n = group.clean.shape[1]
+        over = [b for b in batch_sizes if b > n]
+        if over:
+            notes.append(
+                f"{group.setting.key}, {group.config.title}: N = {over} skipped "
+                f"(only {n} attacked images; attack more with --samples)"
+            )
+    return notes
 
 
 def check_audit_options(batch_sizes: Sequence[int], draws: int) -> None:

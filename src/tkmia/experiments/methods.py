@@ -33,7 +33,15 @@ from tkmia.attacks.base import SUCCESS_RULES
 from tkmia.attacks.kfool import LINEARIZE
 from tkmia.errors import InputError
 
-__all__ = ["HYPERPARAMETERS", "REGISTRY", "HyperParameter", "MethodSpec", "Value", "method_spec"]
+__all__ = [
+    "HYPERPARAMETERS",
+    "REGISTRY",
+    "HyperParameter",
+    "MethodSpec",
+    "Value",
+    "method_spec",
+    "register_method",
+]
 
 #: the value of a hyper-parameter
 Value = float | int | str
@@ -246,26 +254,41 @@ _BEYOND = ("success_rule", "quantize")
 _LOSS = ("lr", "lam", "max_iter", *_BEYOND)
 _EMPTY = inspect.Parameter.empty
 
-#: the methods in the order of the paper's tables
-REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(
-    {
-        spec.name: spec
-        for spec in (
-            MethodSpec("tkmia", "TkMIA", TkMIA, _LOSS, True),
-            MethodSpec("tkmlapu", "TkML-AP-U", TkMLAPU, _LOSS, True),
-            MethodSpec(
-                "kfool",
-                "kFool",
-                KFool,
-                ("max_iter", "overshoot", "linearize", *_BEYOND),
-                False,
-                legacy={"overshoot": 0.02, "linearize": "tanh"},
-            ),
-            MethodSpec("mlcwu", "ML-CW-U", MLCWU, _LOSS, True),
-            MethodSpec("tkmlapt", "TkML-AP-T", TkMLAPT, _LOSS, True, targeted=True),
-        )
-    }
-)
+#: the built-in methods, then any registered by :func:`register_method`
+_METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("tkmia", "TkMIA", TkMIA, _LOSS, True),
+        MethodSpec("tkmlapu", "TkML-AP-U", TkMLAPU, _LOSS, True),
+        MethodSpec(
+            "kfool",
+            "kFool",
+            KFool,
+            ("max_iter", "overshoot", "linearize", *_BEYOND),
+            False,
+            legacy={"overshoot": 0.02, "linearize": "tanh"},
+        ),
+        MethodSpec("mlcwu", "ML-CW-U", MLCWU, _LOSS, True),
+        MethodSpec("tkmlapt", "TkML-AP-T", TkMLAPT, _LOSS, True, targeted=True),
+    )
+}
+#: the built-in methods' names
+BUILTIN = tuple(_METHODS)
+#: the methods in the order of the paper's tables (a read-only view; a user's own attack
+#: joins it through :func:`register_method`)
+REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(_METHODS)
+
+
+def register_method(spec: MethodSpec) -> None:
+    """Add a user's attack to :data:`REGISTRY` for this process (``--methods
+    file.py:Class``, :mod:`tkmia.experiments.custom`); a spec of the same name replaces it.
+
+    Raises:
+        InputError: the name is a built-in method's.
+    """
+    if spec.name in BUILTIN:
+        raise InputError(f"method name {spec.name!r} is taken; rename the class")
+    _METHODS[spec.name] = spec
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -24,7 +24,7 @@ from torch import nn
 
 from tkmia.errors import InputError, MissingFileError
 
-__all__ = ["call_factory", "load_exported", "load_torchscript"]
+__all__ = ["call_factory", "import_named", "load_exported", "load_torchscript"]
 
 
 def _first_line(err: BaseException) -> str:
@@ -113,12 +113,12 @@ def load_exported(path: Path) -> nn.Module:
     return module
 
 
-def _import(module: str, spec: str) -> object:
+def _import(module: str, spec: str, what: str = "model factory") -> object:
     """The module named ``module``: a dotted module name, or a ``.py`` file."""
     if module.endswith(".py"):
         path = Path(module)
         if not path.is_file():
-            raise MissingFileError(f"model factory file {module!r} (in {spec!r}) not found")
+            raise MissingFileError(f"{what} file {module!r} (in {spec!r}) not found")
         name = f"_tkmia_factory_{abs(hash(str(path.resolve())))}"
         loader_spec = importlib.util.spec_from_file_location(name, path)
         if loader_spec is None or loader_spec.loader is None:
@@ -168,3 +168,28 @@ def call_factory(spec: str, module: str, function: str) -> nn.Module:
             "a torch.nn.Module"
         )
     return net
+
+
+def import_named(spec: str, what: str) -> object:
+    """The object ``name`` of ``module:name`` (``module`` a dotted name or a ``.py`` file),
+    imported: this runs the user's code. ``what`` names it in messages ("attack class").
+
+    Raises:
+        MissingFileError: a ``.py`` file that does not exist.
+        InputError: not of the form ``module:name``, the import fails (with the error's
+            first line), or the module has no such name.
+    """
+    module, _, name = spec.rpartition(":")
+    if not module or not name.isidentifier():
+        raise InputError(f"{what} {spec!r}: expected path/to/file.py:Name or package.module:Name")
+    try:
+        loaded = _import(module, spec, what)
+    except (InputError, MissingFileError):
+        raise
+    except Exception as err:  # the user's code: report its error in one line
+        raise InputError(
+            f"{what} {spec!r}: importing {module!r} failed: {_first_line(err)}"
+        ) from None
+    if not hasattr(loaded, name):
+        raise InputError(f"{what} {spec!r}: {module!r} has no {name!r}")
+    return getattr(loaded, name)

@@ -4,106 +4,23 @@ Models that tkmia did not build return their scores in many shapes: a tensor, a 
 list (torchvision's Inception, many detectors' heads), a dict (TorchScript ``Dict[str,
 Tensor]``), or an object with ``.logits`` (Hugging Face's ``ImageClassifierOutput``).
 :class:`Logits` wraps such a model so that attacks and measures see a plain tensor; the
-rule is :func:`logits_of`. :func:`check_output` runs one dummy batch through a model to
-see, before any attack starts, that it gives ``(B, c)``.
+rule is :func:`logits_of` (both live in :mod:`tkmia.outputs`, below the attacks, which
+wrap every model with it; re-exported here). :func:`check_output` runs one dummy batch
+through a model to see, before any attack starts, that it gives ``(B, c)``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from tkmia.errors import InputError
+from tkmia.outputs import Logits, as_logits, logits_of
 
-__all__ = ["Logits", "check_output", "logits_of"]
+__all__ = ["Logits", "as_logits", "check_output", "logits_of"]
 
 #: images in the dummy batch of :func:`check_output`
 DUMMY_BATCH = 2
-_ACCEPTED = (
-    "a tensor, a tuple or list (its first element), a dict (its 'logits' entry, or its "
-    "only entry) or an object with a .logits tensor"
-)
-
-
-def logits_of(output: object) -> torch.Tensor:
-    """The score tensor in a model's ``output``.
-
-    The rule, first match wins: a tensor is itself; a tuple or list gives its first
-    element; a mapping gives its ``"logits"`` entry, or its only entry if it has one;
-    any other object gives its ``.logits`` attribute. The result must be a tensor.
-
-    Raises:
-        InputError: none of these gives a tensor (the message names what was found).
-    """
-    found = output
-    if isinstance(found, (tuple, list)) and found:
-        found = found[0]
-    elif isinstance(found, Mapping):
-        if "logits" in found:
-            found = found["logits"]
-        elif len(found) == 1:
-            found = next(iter(found.values()))
-        else:
-            raise InputError(
-                f"the model returned a dict with keys {sorted(map(str, found))}; expected a "
-                "'logits' key or a single entry"
-            )
-    elif not isinstance(found, torch.Tensor) and hasattr(found, "logits"):
-        found = found.logits
-    if not isinstance(found, torch.Tensor):
-        raise InputError(
-            f"the model returned {_describe(output)}; expected {_ACCEPTED}, giving a (B, c) "
-            "tensor of scores"
-        )
-    return found
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, (tuple, list)):
-        if not value:
-            return f"an empty {type(value).__name__}"
-        return f"a {type(value).__name__} of {_describe(value[0])}"
-    return f"a {type(value).__name__}"
-
-
-class Logits(nn.Module):
-    """``net`` with its output turned into logits ``(B, c)`` by :func:`logits_of`.
-
-    Args:
-        net: any module taking images ``(B, C, H, W)``.
-        order: optional ``(c,)`` indices: output column ``i`` is the net's column
-            ``order[i]`` (to put a model's classes in the dataset's order).
-
-    ``train()``/``eval()`` reach ``net`` only when it allows them: a ``torch.export``
-    module refuses both and always runs as exported (in eval mode).
-    """
-
-    def __init__(self, net: nn.Module, order: Sequence[int] | None = None) -> None:
-        super().__init__()
-        self.net = net
-        self.order: torch.Tensor | None
-        if order is None:
-            self.order = None
-        else:
-            self.register_buffer("order", torch.as_tensor(list(order), dtype=torch.long))
-
-    def train(self, mode: bool = True) -> Logits:
-        """Set the mode of this wrapper and of ``net``, if ``net`` accepts it."""
-        self.training = mode
-        try:
-            self.net.train(mode)
-        except (NotImplementedError, RuntimeError):  # torch.export modules
-            pass
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Scores ``(B, c)`` of images ``x`` ``(B, C, H, W)``."""
-        scores = logits_of(self.net(x))
-        if self.order is not None:
-            scores = scores.index_select(-1, self.order.to(scores.device))
-        return scores
 
 
 @torch.no_grad()

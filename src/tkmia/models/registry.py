@@ -120,3 +120,23 @@ def check_state(
             )
         if want.is_floating_point() and not got.is_floating_point():
             raise InputError(f"{where}: {key!r} must be floating point, got {got.dtype}")
+
+
+def load_timm_weights(arch: str, path: str | Path) -> torch.nn.Module:
+    """The timm model ``timm:<name>`` with the whole state dict of the local file ``path``
+    (``.safetensors`` or a weights-only ``.pth``; nothing is downloaded, nothing unpickled),
+    its head sized by the file's classifier; eval mode, on the CPU, not normalised.
+
+    Raises:
+        MissingFileError: no such file.
+        InputError: timm missing or without that model, an unreadable file, or tensors that
+            do not match the model key by key (see :func:`check_state`).
+    """
+    from tkmia.models.timm_nets import check_timm, num_classes_of
+
+    check_timm(arch)
+    state = load_state(path)
+    net = build_net(arch, num_classes_of(arch, state))
+    check_state(Path(path), arch, state, net.state_dict())
+    net.load_state_dict(state)
+    return net.eval()

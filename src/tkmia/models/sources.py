@@ -9,11 +9,16 @@ form                          kind            loaded with
 ``PATH.pt2``                  ``export``      ``torch.export.load`` (weights only)
 ``pkg.module:function``,      ``factory``     import, then ``function()`` (your code)
 ``path/file.py:function``
+``timm:<name>@PATH``          ``timm``        timm, ``pretrained=False``, + the local
+                                              weights ``PATH`` (safetensors or a
+                                              weights-only ``.pth``)
 ============================  ==============  =========================================
 
 A checkpoint says in its sidecar what it expects (classes, image size, normalisation);
-the other three take pixels in [0, 1] unless told otherwise (``normalize``), output the
-dataset's classes in the dataset's order unless told otherwise (``classes``), and are
+a timm model is normalised as timm's ``pretrained_cfg`` says (ImageNet's when it says
+nothing) unless ``normalize`` says otherwise; the other three take pixels in [0, 1]
+unless told otherwise (``normalize``); all four output the dataset's classes in the
+dataset's order unless told otherwise (``classes``), and are
 seen through :class:`~tkmia.models.outputs.Logits`, so that their output may come as a
 tensor, a tuple, a dict or an object with ``.logits``.
 """
@@ -47,16 +52,17 @@ __all__ = [
     "read_classes",
 ]
 
-KINDS = ("builtin", "checkpoint", "torchscript", "export", "factory")
+KINDS = ("builtin", "checkpoint", "torchscript", "export", "factory", "timm")
 #: the kinds whose input convention comes from the caller (not from a sidecar)
-EXTERNAL = ("torchscript", "export", "factory")
+EXTERNAL = ("torchscript", "export", "factory", "timm")
 _SUFFIXES = {".safetensors": "checkpoint", ".pt": "torchscript", ".ts": "torchscript"}
 _SUFFIXES[".pt2"] = "export"
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 FORMS = (
     "'builtin', a tkmia checkpoint PATH.safetensors (with its .json sidecar), a TorchScript "
     "archive PATH.pt or PATH.ts, a torch.export archive PATH.pt2, or a Python factory "
-    "package.module:function or path/to/file.py:function"
+    "package.module:function or path/to/file.py:function, or a timm model with local "
+    "weights timm:<name>@PATH.safetensors (or a weights-only .pth)"
 )
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -97,6 +103,8 @@ def parse_source(text: str | Path) -> ModelSource:
     text = str(text)
     if text == "builtin":
         return ModelSource(text, "builtin", "builtin")
+    if text.startswith("timm:"):
+        return _parse_timm(text)
     path = Path(text)
     kind = _SUFFIXES.get(path.suffix)
     if kind is not None:
@@ -112,6 +120,22 @@ def parse_source(text: str | Path) -> ModelSource:
         return ModelSource(text, "factory", name, path=file, module=module, function=function)
     refused = " (pickled models are refused)" if path.suffix in (".pth", ".pkl", ".bin") else ""
     raise InputError(f"--model {text!r} is not a model{refused}; expected {FORMS}")
+
+
+def _parse_timm(text: str) -> ModelSource:
+    """``timm:<name>@PATH``: the architecture (checked later, when timm is imported) and
+    its local weights file, which must exist."""
+    arch, at, weights = text.partition("@")
+    if not at or not weights or len(arch) <= len("timm:"):
+        raise InputError(
+            f"--model {text!r}: a timm model needs its local weights, "
+            "timm:<name>@PATH.safetensors (or a weights-only .pth); nothing is downloaded "
+            "(a model trained by tkmia train --arch timm:<name> is its best.safetensors)"
+        )
+    path = Path(weights)
+    if not path.is_file():
+        raise MissingFileError(f"weights file {weights!r} (in --model {text!r}) not found")
+    return ModelSource(text, "timm", f"{arch[len('timm:') :]}-{path.stem}", path, module=arch)
 
 
 def parse_normalize(text: str | None) -> Stats | None:
@@ -221,7 +245,7 @@ def check_convention(
     if given and not source.external:
         raise InputError(
             f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} only for "
-            "TorchScript, torch.export and factory models; "
+            "TorchScript, torch.export, factory and timm models; "
             f"the {source.kind} model {source.text!r} brings its own (in its sidecar)"
         )
     parse_normalize(normalize)
@@ -233,6 +257,10 @@ def _load_external(source: ModelSource) -> nn.Module:
     from tkmia.models.external import call_factory, load_exported, load_torchscript
 
     assert source.path is not None or source.kind == "factory"
+    if source.kind == "timm" and source.path is not None:
+        from tkmia.models.registry import load_timm_weights
+
+        return load_timm_weights(source.module, source.path)
     if source.kind == "torchscript" and source.path is not None:
         return load_torchscript(source.path)
     if source.kind == "export" and source.path is not None:
@@ -281,11 +309,22 @@ def open_model(
         info = ModelInfo(src, list(meta["classes"]), int(meta["image_size"]), stats)
         return model, info
     given = parse_normalize(normalize)
+    if src.kind == "timm" and normalize is None:
+        given = _timm_stats(src.module)
     names = None if classes is None else read_classes(classes)
     net = Logits(_load_external(src))
     model = net if given is None else Normalized(net, *given)
     info = ModelInfo(src, names, image_size, given)
     return model.to(device).eval(), info
+
+
+def _timm_stats(arch: str) -> Stats:
+    """What a timm model expects when ``--normalize`` is not given: its ``pretrained_cfg``'s
+    statistics, ImageNet's when it names none (as ``tkmia train --arch timm:`` records)."""
+    from tkmia.models.timm_nets import input_stats
+
+    stats = input_stats(arch) or (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    return tuple(stats[0]), tuple(stats[1])
 
 
 def fit_model(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from tkmia.errors import InputError
@@ -80,3 +81,23 @@ def input_stats(arch: str) -> tuple[list[float], list[float]] | None:
     if not mean or not std or len(mean) != 3 or len(std) != 3:
         return None
     return [float(v) for v in mean], [float(v) for v in std]
+
+
+def num_classes_of(arch: str, state: dict[str, torch.Tensor]) -> int:
+    """The class count of a state dict of timm model ``arch``: the rows of its classifier's
+    weight (timm's ``pretrained_cfg`` ``classifier`` entry names it).
+
+    Raises:
+        InputError: the state dict has no such weight (not weights of this model).
+    """
+    cfg = _timm(arch).models.get_pretrained_cfg(arch[len(PREFIX) :])
+    head = getattr(cfg, "classifier", None) or "fc"
+    heads = head if isinstance(head, (list, tuple)) else [head]
+    for name in heads:
+        weight = state.get(f"{name}.weight")
+        if weight is not None and weight.dim() >= 1:
+            return int(weight.shape[0])
+    raise InputError(
+        f"the weights have no classifier {[f'{h}.weight' for h in heads]} of timm model "
+        f"{arch[len(PREFIX) :]!r}: are they weights of this model?"
+    )

@@ -24,6 +24,7 @@ from tkmia.experiments.audit import (
     AuditGroup,
     AuditRow,
     audit,
+    skipped_batches,
 )
 from tkmia.experiments.learned_monitor import LEARNED_MONITOR, LearnedAudit, learned_audit
 from tkmia.experiments.settings import Setting
@@ -279,6 +280,11 @@ def write_audit(
         write_text_atomic(out / "audit-learned.csv", learned_csv(learned))
     text = audit_markdown(rows, batch) + "".join(f"\nNote: {n}" for n in learned.notes)
     settings = f"{draws} bootstrap batches per N (seed {seed}), N in {list(batch_sizes)}."
+    skipped = skipped_batches(groups, batch_sizes)
+    if skipped:
+        text += "\n\nBatch sizes larger than the attacked images are skipped:\n" + "\n".join(
+            f"- {line}" for line in skipped
+        )
     intro = f"{INTRO} {LEARNED_INTRO if learned.fits else ''}"
     write_text_atomic(out / "audit.md", f"# tkmia audit\n\n{intro} {settings}\n\n{text}")
     write_text_atomic(
