@@ -105,7 +105,7 @@ def folder(tmp_path_factory):
 
 
 def test_audit_of_a_folder_has_the_learned_monitor(folder, capsys) -> None:
-    args = ["--batch-sizes", "50", "--draws", "100", "--no-figures"]
+    args = ["--batch-sizes", "8", "--draws", "100", "--no-figures"]
     assert main(["audit", str(folder), *args]) == 0
     printed = capsys.readouterr().out
     assert "p80 learned" in printed and "AUROC learned" in printed

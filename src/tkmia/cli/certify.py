@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.checks import check_device, check_writable, resolve_device
 from tkmia.cli.options import (
     NON_NEGATIVE,
     OPTIONS,
@@ -141,7 +141,7 @@ def certify_options(args: argparse.Namespace) -> CertifyOptions:
         opts["n"], opts["alpha"], opts["k"], opts["k_prime"],
         tuple(sorted(set(opts["radii"]))), tuple(sorted(set(opts["attack_radii"]))),
         opts["samples"], opts["batch_size"],
-        opts["device"], opts["seed"], out,
+        resolve_device(opts["device"]), opts["seed"], out,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable
+from tkmia.cli.checks import check_device, check_writable, resolve_device
 from tkmia.cli.options import (
     NON_NEGATIVE,
     OPTIONS,
@@ -147,8 +147,8 @@ def evaluate_options(opts: dict[str, Any]) -> EvaluateOptions:
         classes=opts.get("classes"), norm=norm, eps=tuple(eps), k=opts["k"],
         attacks=tuple(a for a in ATTACKS if a in opts["attacks"]),
         iterations=opts["iterations"], restarts=opts["restarts"], queries=opts["queries"],
-        samples=opts["samples"], batch_size=opts["batch_size"], device=opts["device"],
-        seed=opts["seed"], out=out,
+        samples=opts["samples"], batch_size=opts["batch_size"],
+        device=resolve_device(opts["device"]), seed=opts["seed"], out=out,
     )  # fmt: skip
 
 

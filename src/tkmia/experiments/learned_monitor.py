@@ -155,12 +155,16 @@ def learned_audit(
             continue
         fit = fit_learned(*group.features, seed=seed)
         fits[group.setting.key, group.config.key] = fit
+        # the batch sizes the fixed monitors keep too (experiments.audit.skipped_batches)
+        sizes = [b for b in batch_sizes if b <= group.clean.shape[1]]
+        if not sizes:
+            continue
         power = power_by_batch(
-            fit.clean[None], fit.adv[None, None], np.array([True]), grid, seed, draws,
-            threshold_draws,
+            fit.clean[None], fit.adv[None, None], np.array([True]),
+            {b: grid[b] for b in sizes}, seed, draws, threshold_draws,
         )  # fmt: skip
         area = fit.auroc
-        for batch in batch_sizes:
+        for batch in sizes:
             rows.append(
                 AuditRow(
                     group.setting,
