@@ -62,9 +62,8 @@ def command(args: argparse.Namespace) -> int:
         InputError: ``dir`` is not a results folder, its records lack the audit's columns,
             or a bad option.
     """
-    from tkmia.files import folder_lock
-
     from tkmia.experiments.audit import check_audit_options
+    from tkmia.files import folder_lock
 
     check_audit_options(args.batch_sizes, args.draws)
     if not (args.dir / "config.json").is_file():

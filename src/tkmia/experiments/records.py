@@ -226,7 +226,7 @@ def _parse_line(line: bytes, path: Path, number: int) -> dict[str, Any]:
             "one JSON object per attacked image, as tkmia writes it: delete the line (or "
             "the file) and rerun the same command to redo those images"
         )
-    return record  # type: ignore[no-any-return]
+    return record
 
 
 #: what every record holds: ``index`` and ``success``, and the numbers summaries use

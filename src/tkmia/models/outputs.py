@@ -135,11 +135,16 @@ def check_output(
             another shape.
     """
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(DUMMY_BATCH, channels, image_size, image_size, generator=generator)
+    batch_shape = (DUMMY_BATCH, channels, image_size, image_size)
     try:
+        x = torch.rand(*batch_shape, generator=generator)  # in the try: a size beyond memory
         output = model(x.to(device))
-    except Exception as err:  # the user's model: any failure is a mistake in its setup
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # the user's model: any failure is a mistake in its setup
         first = (str(err).strip().splitlines() or [""])[0][:300]
+        if isinstance(err, SystemExit):
+            first = "it called sys.exit() (a model must return scores, not end the program)"
         hint = (
             " (a torch.export archive needs a dynamic batch dimension: export with "
             "dynamic_shapes, see docs/own-model.md)"
@@ -147,7 +152,7 @@ def check_output(
             else ""
         )
         raise InputError(
-            f"{name} fails on a dummy batch of shape {tuple(x.shape)} (pixels in [0, 1]; "
+            f"{name} fails on a dummy batch of shape {batch_shape} (pixels in [0, 1]; "
             f"--image-size sets the side): {type(err).__name__}: {first}{hint}"
         ) from None
     try:
