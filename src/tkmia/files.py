@@ -62,6 +62,8 @@ def check_inside(root: Path, path: Path) -> Path:
         InputError: ``path`` is not under ``root``, has a ``..`` part, or a link on the way
             (the message names the link and the fix).
     """
+    if ".." in Path(path).parts:  # before abspath, which would drop it lexically
+        raise InputError(f"{str(path)!r}: a path with '..' in a results folder is refused")
     try:
         relative = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
     except ValueError:
@@ -69,8 +71,6 @@ def check_inside(root: Path, path: Path) -> Path:
             f"{str(path)!r} lies outside the results folder {str(root)!r}; tkmia writes only "
             "inside it"
         ) from None
-    if ".." in relative.parts:
-        raise InputError(f"{str(path)!r}: a path with '..' in a results folder is refused")
     current = root
     for part in relative.parts:
         current = current / part

@@ -324,7 +324,6 @@ class Universal:
         self, path: Path, fit_meta: dict[str, Any], images: torch.Tensor
     ) -> tuple[torch.Tensor, int, float]:
         delta, saved = load_delta(path)
-        check_delta(path, delta, saved, tuple(images.shape[1:]), self.eps, self.epochs)
         differ = [key for key in _FIT_KEYS if saved.get(key) != fit_meta[key]]
         if differ:
             raise InputError(
@@ -332,6 +331,7 @@ class Universal:
                 f"{[saved.get(key) for key in differ]} vs {[fit_meta[key] for key in differ]}); "
                 "remove it or choose another output folder"
             )
+        check_delta(path, delta, saved, tuple(images.shape[1:]), self.eps, self.epochs)
         return self._check_delta(delta, images), saved["epoch"], float(saved["fit_seconds"])
 
     # ---------------------------------------------------------------- evaluate

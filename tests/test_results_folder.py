@@ -1,0 +1,478 @@
+"""Results folders and user files (issue 29): everything read back is validated like user
+input, nothing outside --out is written, one writer per folder, and every fault is one
+clean error line.
+
+Most cases run on a toy model (:mod:`_toys`) through the library and ``tkmia report`` /
+``tkmia audit`` on its folder, which take well under a second each.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import tkmia.files
+from tkmia.cli import main
+from tkmia.errors import InputError
+from tkmia.experiments.records import read_records
+from tkmia.experiments.runner import RunConfig, run
+from tkmia.experiments.settings import MethodConfig, Setting
+from tkmia.experiments.universal import UniversalConfig, run_universal
+from tkmia.files import LOCK_NAME
+
+from _toys import TopKDataset, make_cnn
+
+SETTING = "random-k3-n1-t1"
+METHOD = "tkmia-lr5-lam0.001-it5"
+
+
+def _config(samples: int = 4) -> RunConfig:
+    return RunConfig(
+        "toy", "cnn", [Setting("random", 3, n=1)],
+        [MethodConfig("tkmia", max_iter=5, lr=5.0, lam=1e-3)],
+        samples=samples, seed=0, batch_size=2, examples=0,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy() -> tuple[nn.Module, TopKDataset]:
+    model = make_cnn()
+    return model, TopKDataset(model, n=16, seed=2)
+
+
+@pytest.fixture(scope="module")
+def folder(toy, tmp_path_factory) -> Path:
+    """A finished toy run (4 records), copied by :func:`results` for each test."""
+    out = tmp_path_factory.mktemp("toy") / "out"
+    run(_config(), *toy, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def results(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(folder, out, symlinks=True)
+    return out
+
+
+def _records(out: Path) -> Path:
+    return out / "records" / SETTING / f"{METHOD}.jsonl"
+
+
+def _one_error(capsys, *expected: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tkmia: error: "), err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, (text, err)
+    return err
+
+
+def _set_line(path: Path, number: int, line: bytes) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[number - 1] = line
+    path.write_bytes(b"\n".join(lines))
+
+
+def _edit(record: bytes, **changes) -> bytes:
+    data = json.loads(record)
+    for key, value in changes.items():
+        if value is KeyError:
+            del data[key]
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+# ----------------------------------------------------------------- records read back
+@pytest.mark.parametrize(
+    ("kind", "number", "problem"),
+    [
+        ("garbage", 2, "line 2: it is not valid JSON"),
+        ("garbage", 4, "line 4: it is not valid JSON"),  # the last complete line
+        ("no success", 1, "line 1: it lacks 'success'"),
+        ("success as text", 3, "line 3: 'success' is \"yes\", not true or false"),
+        ("not UTF-8", 2, "line 2: it is not UTF-8 text"),
+        ("a JSON list", 1, "line 1: it holds a JSON list, not an object"),
+        ("index as text", 1, "line 1: 'index' is \"7\""),
+        ("measure as text", 2, "line 2: 'l2' is \"big\", not a number"),
+    ],
+)
+def test_a_bad_records_line_is_a_named_error_with_the_fix(
+    results, capsys, kind, number, problem
+) -> None:
+    path = _records(results)
+    record = path.read_bytes().split(b"\n")[number - 1]
+    bad = {
+        "garbage": b"garbage",
+        "no success": _edit(record, success=KeyError),
+        "success as text": _edit(record, success="yes"),
+        "not UTF-8": b"\xff\xfe" + record,
+        "a JSON list": b"[1, 2]",
+        "index as text": _edit(record, index="7"),
+        "measure as text": _edit(record, l2="big"),
+    }[kind]
+    _set_line(path, number, bad)
+    before = path.read_bytes()
+    assert main(["report", str(results)]) == 2
+    _one_error(capsys, str(path), problem, "delete the line (or the file)")
+    assert main(["audit", str(results)]) == 2
+    _one_error(capsys, problem)
+    with pytest.raises(InputError, match=problem.split(": ")[0]):
+        read_records(path, repair=True)
+    assert path.read_bytes() == before  # nothing repaired or rewritten
+
+
+def test_a_torn_last_line_is_still_repaired(results, toy) -> None:
+    path = _records(results)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"index": 9, "succ')
+    assert len(read_records(path, repair=True)) == 4
+    assert path.read_bytes() == whole
+
+
+def test_nan_and_infinite_statistics_in_records_do_not_crash_the_figures(results, capsys) -> None:
+    path = _records(results)
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        rec["psnr"] = math.inf
+        rec["kth_score_adv"] = math.nan if i % 2 else math.inf
+        rec["margin_clean"] = -math.inf
+        lines[i] = json.dumps(rec)
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["report", str(results)]) == 0
+    assert main(["audit", str(results), "--batch-sizes", "2,4", "--draws", "20"]) == 0
+    assert (results / "figures" / f"audit-dist-{SETTING}.png").is_file()
+
+
+# ------------------------------------------------------------- config and settings
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{bad", "is not valid JSON"),
+        ("", "is empty"),
+        ("[]", "holds a JSON list, not an object"),
+        ("{}", "lacks 'dataset'"),
+        ("\udcff", "is not UTF-8 text"),
+        (None, "'settings' must be a list of setting names"),
+        (None, "'samples' must be an integer"),
+    ],
+)
+def test_a_damaged_config_json_is_a_named_error_for_every_command(
+    results, toy, capsys, text, problem
+) -> None:
+    path = results / "config.json"
+    if text is None:  # a list as a string (once split into characters), a text count
+        config = json.loads(path.read_text())
+        key = problem.split("'")[1]
+        config[key] = SETTING if key == "settings" else "4"
+        text = json.dumps(config)
+    path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
+    before = path.read_bytes()
+    for argv in (["report", str(results)], ["audit", str(results)]):
+        assert main(argv) == 2
+        _one_error(capsys, str(path), problem, "pass another --out")
+    with pytest.raises(InputError, match=problem.replace("[", r"\[")):
+        run(_config(), *toy, results, progress=False)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ("[1]", "holds a JSON list, not an object"),
+        ({"skipped": "3"}, "'skipped' must be an integer >= 0"),
+        ({"indices": [1, "x"]}, "'indices' must be a list of image indices"),
+        ({"colour": 1}, "the keys of a setting"),
+    ],
+)
+def test_a_damaged_setting_json_is_a_named_error(results, capsys, change, problem) -> None:
+    path = results / "records" / SETTING / "setting.json"
+    if isinstance(change, str):
+        path.write_text(change)
+    else:
+        path.write_text(json.dumps(json.loads(path.read_text()) | change))
+    assert main(["report", str(results)]) == 2
+    _one_error(capsys, str(path), problem, "delete that setting's folder")
+
+
+def test_a_damaged_method_json_is_a_named_error(results, capsys) -> None:
+    path = results / "records" / SETTING / f"{METHOD}.json"
+    path.write_text(json.dumps({"method": "fgsm"}))
+    assert main(["report", str(results)]) == 2
+    _one_error(capsys, str(path), "is not a method configuration")
+
+
+# -------------------------------------------------------------- nothing outside --out
+def test_a_records_file_linked_outside_is_refused_and_left_alone(results, toy, tmp_path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file\n")  # no newline-terminated JSON: torn-looking
+    path = _records(results)
+    path.unlink()
+    path.symlink_to(precious)
+    with pytest.raises(InputError, match="is a symbolic link"):
+        run(_config(), *toy, results, progress=False)
+    assert main(["report", str(results)]) == 2
+    assert precious.read_text() == "the user's own file\n"
+
+
+def test_a_dangling_records_link_creates_nothing_outside(results, toy, tmp_path) -> None:
+    target = tmp_path / "elsewhere.jsonl"
+    path = _records(results)
+    path.unlink()
+    path.symlink_to(target)
+    with pytest.raises(InputError, match="is a symbolic link"):
+        run(_config(), *toy, results, progress=False)
+    assert not target.exists()
+
+
+def test_a_setting_folder_linked_outside_is_refused(results, toy, tmp_path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    setting = results / "records" / SETTING
+    setting.rename(tmp_path / "moved")
+    setting.symlink_to(elsewhere)
+    with pytest.raises(InputError, match=f"'{setting}' is a symbolic link"):
+        run(_config(), *toy, results, progress=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_summary_linked_outside_is_refused_and_left_alone(results, tmp_path, capsys) -> None:
+    precious = tmp_path / "precious.csv"
+    precious.write_text("mine\n")
+    (results / "summary.csv").unlink()
+    (results / "summary.csv").symlink_to(precious)
+    assert main(["report", str(results)]) == 2
+    _one_error(capsys, f"'{results / 'summary.csv'}' is a symbolic link", "remove the link")
+    assert precious.read_text() == "mine\n"
+
+
+# -------------------------------------------------------------------- one writer
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_writer_on_a_folder_is_refused_and_records_stay_unique(
+    results, toy, capsys
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(results / LOCK_NAME)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        busy = f"'{results}' is in use by process {holder.pid}"
+        for argv in (["report", str(results)], ["audit", str(results)]):
+            assert main(argv) == 2
+            _one_error(capsys, busy)
+        before = _records(results).read_bytes()
+        _records(results).write_bytes(before[:-20])  # a torn line the run would repair
+        with pytest.raises(InputError, match=busy):
+            run(_config(), *toy, results, progress=False)
+        assert _records(results).read_bytes() == before[:-20]  # not even repaired
+    finally:
+        holder.kill()
+        holder.wait()
+    # its process is gone: the lock is taken over, the torn chunk redone, once
+    run(_config(), *toy, results, progress=False)
+    indices = [r["index"] for r in read_records(_records(results))]
+    assert len(indices) == 4 == len(set(indices))
+
+
+# ------------------------------------------------------------------- audit's input
+def test_audit_refuses_an_empty_folder_and_batch_sizes_beyond_memory(results, capsys) -> None:
+    assert main(["audit", str(results), "--batch-sizes", "1000000000"]) == 2
+    _one_error(capsys, "--batch-sizes up to 1000000000", "use batch sizes up to")
+    import shutil
+
+    shutil.rmtree(results / "records")
+    (results / "records").mkdir()
+    assert main(["audit", str(results)]) == 2
+    _one_error(capsys, "holds no records to audit")
+    assert not (results / "audit.md").exists()
+
+
+# ---------------------------------------------------------------- model faults
+class _NoGrad(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class _NaNFor(nn.Module):
+    """``model``, with NaN scores for images whose first pixel is below ``below``."""
+
+    def __init__(self, model: nn.Module, below: float) -> None:
+        super().__init__()
+        self.model, self.below = model, below
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.model(x)
+        nan = (x[:, 0, 0, 0] < self.below)[:, None]
+        return torch.where(nan, torch.full_like(scores, math.nan), scores)
+
+
+def test_a_model_without_gradients_is_refused_before_any_attack(toy, tmp_path) -> None:
+    model, data = toy
+    with pytest.raises(InputError, match="does not depend on the input with gradients: is its "
+                       "forward under torch.no_grad"):  # fmt: skip
+        run(_config(), _NoGrad(model), data, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("records/*/*.jsonl"))
+
+
+def test_nan_scores_are_refused_at_the_first_batch_naming_how_many(toy, tmp_path) -> None:
+    model, data = toy
+    first = data.images[:2, 0, 0, 0]
+    below = float(first.max()) + 1e-6 if first.max() < 0.99 else float(first.min()) + 1e-6
+    nan_count = int((first < below).sum())
+    with pytest.raises(InputError, match=f"NaN or infinite scores for {nan_count} of 2 images"):
+        run(_config(), _NaNFor(model, below), data, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "records").exists()
+
+
+FACTORIES = """
+import sys
+
+def leaves():
+    sys.exit(0)
+
+def raises():
+    raise BaseException("not an Exception")
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("sys:exit", "exit() failed: it called sys.exit() (SystemExit)"),
+        ("{f}:leaves", "leaves() failed: it called sys.exit(0) (SystemExit)"),
+        ("{f}:raises", "raises() failed: BaseException: not an Exception"),
+    ],
+)
+def test_a_factory_that_exits_or_raises_base_exception_is_one_error_line(
+    tmp_path, capsys, spec, expected
+) -> None:
+    factory = tmp_path / "factories.py"
+    factory.write_text(FACTORIES)
+    argv = [
+        "run",
+        "--model",
+        spec.format(f=factory),
+        "--samples",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    _one_error(capsys, expected)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_is_one_error_line(results, monkeypatch, capsys) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tkmia.files.os, "fsync", full)
+    assert main(["report", str(results)]) == 1
+    _one_error(capsys, "No space left on device", "free some disk space")
+    assert not list(results.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------- universal δ
+@pytest.fixture(scope="module")
+def universal(toy, tmp_path_factory):
+    model, data = toy
+    with torch.no_grad():  # the group: the label most often in the clean top-2
+        top2 = model(data.images).topk(2, dim=1).indices.flatten()
+    label = int(torch.bincount(top2).argmax())
+    setting = Setting("global", 2, group="g", group_indices=(label,))
+    config = UniversalConfig("toys", "cnn", [setting], ["tkmia"], [1.0], epochs=2, examples=0)
+    out = tmp_path_factory.mktemp("universal") / "u"
+    (row,) = run_universal(config, model, data, data, out)
+    delta = out / "deltas" / setting.key / "tkmia-eps1.safetensors"
+    return config, out, delta, row
+
+
+def _tamper(delta_path: Path, kind: str) -> None:
+    from safetensors.torch import load_file
+
+    delta = load_file(str(delta_path))["delta"]
+    epoch = "2"
+    if kind == "scaled":
+        delta = delta * (100 / float(delta.norm()))
+    elif kind == "nan":
+        delta[0, 0, 0] = math.nan
+    elif kind == "int":
+        delta = delta.round().to(torch.int32)
+    elif kind == "shape":
+        delta = delta[:, :8]
+    elif kind == "epoch text":
+        epoch = "abc"
+    elif kind == "epoch beyond":
+        epoch = "7"
+    tensors = {"other": delta} if kind == "no tensor" else {"delta": delta.contiguous()}
+    save_file(tensors, str(delta_path), {"epoch": epoch})
+    if kind == "sidecar":
+        delta_path.with_suffix(".json").write_text("{not json")
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("scaled", "its L2 norm 100 exceeds eps = 1"),
+        ("nan", "it holds NaN or infinite values"),
+        ("int", "not floating point"),
+        ("shape", "is not the images'"),
+        ("no tensor", "holds no 'delta' tensor"),
+        ("epoch text", "its epoch 'abc' is not an integer"),
+        ("epoch beyond", "its epoch 7 is not an integer in 0..2"),
+        ("sidecar", "is not a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("records", ["kept", "removed"])
+def test_a_tampered_delta_is_refused_never_reported(
+    universal, toy, tmp_path, kind, problem, records
+) -> None:
+    import shutil
+
+    config, folder, delta, _ = universal
+    out = tmp_path / "u"
+    shutil.copytree(folder, out)
+    path = out / delta.relative_to(folder)
+    _tamper(path, kind)
+    if records == "removed":  # the fit is redone from the saved δ, then evaluated
+        for rec in (out / "records").rglob("*.jsonl"):
+            rec.unlink()
+    with pytest.raises(InputError, match=problem.replace("(", r"\(")) as caught:
+        run_universal(config, toy[0], toy[1], toy[1], out)
+    assert str(path) in str(caught.value) and "to fit δ again" in str(caught.value)
+
+
+def test_an_untouched_universal_folder_reads_back_and_audit_refuses_it(
+    universal, toy, capsys
+) -> None:
+    config, out, _, row = universal
+    assert run_universal(config, toy[0], toy[1], toy[1], out) == [row]
+    assert main(["audit", str(out)]) == 2
+    _one_error(capsys, "holds tkmia universal results", "per-image attack records")
