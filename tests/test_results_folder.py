@@ -476,3 +476,53 @@ def test_an_untouched_universal_folder_reads_back_and_audit_refuses_it(
     assert run_universal(config, toy[0], toy[1], toy[1], out) == [row]
     assert main(["audit", str(out)]) == 2
     _one_error(capsys, "holds tkmia universal results", "per-image attack records")
+
+
+# ------------------------------------------------------------ model files and sizes
+def test_nan_scores_on_the_dummy_batch_and_sizes_beyond_memory_are_named(toy) -> None:
+    from tkmia.models.outputs import check_output
+
+    model = toy[0]
+    with pytest.raises(InputError, match="NaN or infinite scores for 2 of the 2 images"):
+        check_output(_NaNFor(model, 2.0), 10, 16)
+    with pytest.raises(InputError, match=r"dummy batch of shape \(2, 3, 1000000, 1000000\)"):
+        check_output(model, 10, 10**6)
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    from tkmia.models import build_model, save_checkpoint
+
+    meta = {"arch": "digits_cnn", "classes": [f"l{i}" for i in range(5)], "image_size": 48,
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}  # fmt: skip
+    return save_checkpoint(tmp_path / "net.safetensors", build_model(meta), meta)
+
+
+def test_a_sidecar_normalisation_the_weights_do_not_carry_is_refused(tmp_path) -> None:
+    from tkmia.models import load_model
+
+    path = _checkpoint(tmp_path)
+    load_model(path)  # as written: accepted
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps(meta | {"std": [0.2, 0.25, 0.25]}))
+    with pytest.raises(InputError, match=r"says std \[0.2, 0.25, 0.25\], but the weights .* "
+                       r"carry std \[0.25, 0.25, 0.25\]"):  # fmt: skip
+        load_model(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("never printed",))
+
+
+def test_the_refusal_of_a_pickle_never_advises_unpickling(tmp_path) -> None:
+    from tkmia.models.checkpoint import load_state
+
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1), "p": _Payload()}, path)
+    with pytest.raises(InputError) as caught:
+        load_state(path)
+    message = str(caught.value)
+    assert "pickled Python objects (GLOBAL" in message and "safetensors" in message
+    assert "weights_only" not in message and "will likely succeed" not in message
+    assert "\n" not in message

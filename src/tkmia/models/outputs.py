@@ -171,4 +171,11 @@ def check_output(
             f"{name} gives scores of shape {shape} on a batch of {DUMMY_BATCH} images; "
             f"expected ({DUMMY_BATCH}, {num_classes}): one score per class of the dataset"
         )
+    bad = int((~torch.isfinite(scores.detach()).all(dim=1)).sum())
+    if bad:
+        raise InputError(
+            f"{name} gives NaN or infinite scores for {bad} of the {DUMMY_BATCH} images of a "
+            "dummy batch (pixels in [0, 1]); tkmia attacks only a model whose scores are "
+            "finite: check its weights, its normalisation (--normalize) and the input size"
+        )
     return shape
