@@ -526,3 +526,13 @@ def test_the_refusal_of_a_pickle_never_advises_unpickling(tmp_path) -> None:
     assert "pickled Python objects (GLOBAL" in message and "safetensors" in message
     assert "weights_only" not in message and "will likely succeed" not in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ['{"tol": "wide"}', '{"scope": ["all"]}', '{"rule": 3}'])
+def test_a_damaged_selection_json_is_a_named_error(results, capsys, text) -> None:
+    path = results / "selection.json"
+    path.write_text(text)
+    assert main(["report", str(results)]) == 2
+    _one_error(capsys, f"'{path}' holds a bad selection rule", "delete it to use the defaults")
+    path.write_text('["rule"]')  # not an object: no stored rule, the defaults
+    assert main(["report", str(results)]) == 0
