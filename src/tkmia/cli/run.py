@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,7 +310,10 @@ def command(args: argparse.Namespace) -> int:
     _announce(plan, config, dataset, dist)
     try:
         flags = {"progress": opts["progress"], "skip_bad_images": opts["skip_bad_images"]}
-        rows = run(config, model, dataset, out, device=device, dist=dist, **flags)
+        # one process: the folder is held from the first write to the last (run() takes
+        # the lock again, re-entrantly); torchrun: run() holds it on rank 0, then _finish
+        with folder_lock(out, "tkmia run") if not dist.active else nullcontext():
+            rows = run(config, model, dataset, out, device=device, dist=dist, **flags)
         if dist.is_main:
             with folder_lock(out, "tkmia run"):
                 _finish(out, rows, classes, opts)
