@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from _cli import lock_held_by_another_process
 from tkmia.cli import main
 from tkmia.errors import InputError
 from tkmia.files import (
@@ -127,33 +128,16 @@ def test_check_inside_refuses_links_and_paths_outside(tmp_path) -> None:
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
-_HOLD = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, str(os.getpid()).encode())
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
 def test_a_folder_lock_refuses_a_second_process_and_takes_over_a_dead_ones(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     lock = out / LOCK_NAME
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(lock)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        with pytest.raises(InputError, match=f"'{out}' is in use by process {holder.pid}"):
+    with lock_held_by_another_process(lock) as pid:
+        with pytest.raises(InputError, match=f"'{out}' is in use by process {pid}"):
             with folder_lock(out):
                 pass
-    finally:
-        holder.kill()
-        holder.wait()
     # the holder died: its lock is gone with it, although its pid is still in the file
-    assert lock.read_text() == str(holder.pid)
+    assert lock.read_text() == str(pid)
     with folder_lock(out), folder_lock(out):  # re-entrant within one process
         assert lock.read_text() == f"{os.getpid()}\n"
 

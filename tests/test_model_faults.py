@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from _cli import one_error
 from tkmia.cli import main
 from tkmia.errors import InputError
 from tkmia.experiments.runner import RunConfig, run
@@ -35,15 +36,6 @@ def _config() -> RunConfig:
 def toy() -> tuple[nn.Module, TopKDataset]:
     model = make_cnn()
     return model, TopKDataset(model, n=16, seed=2)
-
-
-def _one_error(capsys, *expected: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("tkmia: error: "), err
-    assert "Traceback" not in err
-    for text in expected:
-        assert text in err, (text, err)
-    return err
 
 
 # ---------------------------------------------------------------- model faults
@@ -122,7 +114,7 @@ def test_a_factory_that_exits_or_raises_base_exception_is_one_error_line(
         str(tmp_path / "o"),
     ]
     assert main(argv) == 2
-    _one_error(capsys, expected)
+    one_error(capsys, expected)
     assert not (tmp_path / "o").exists()
 
 
@@ -202,7 +194,7 @@ def test_an_untouched_universal_folder_reads_back_and_audit_refuses_it(
     config, out, _, row = universal
     assert run_universal(config, toy[0], toy[1], toy[1], out) == [row]
     assert main(["audit", str(out)]) == 2
-    _one_error(capsys, "holds tkmia universal results", "per-image attack records")
+    one_error(capsys, "holds tkmia universal results", "per-image attack records")
 
 
 # ------------------------------------------------------------ model files and sizes

@@ -11,14 +11,13 @@ from __future__ import annotations
 import errno
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from torch import nn
 
 import tkmia.files
+from _cli import lock_held_by_another_process, one_error
 from tkmia.cli import main
 from tkmia.errors import InputError
 from tkmia.experiments.records import read_records
@@ -65,15 +64,6 @@ def results(folder: Path, tmp_path: Path) -> Path:
 
 def _records(out: Path) -> Path:
     return out / "records" / SETTING / f"{METHOD}.jsonl"
-
-
-def _one_error(capsys, *expected: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("tkmia: error: "), err
-    assert "Traceback" not in err
-    for text in expected:
-        assert text in err, (text, err)
-    return err
 
 
 def _set_line(path: Path, number: int, line: bytes) -> None:
@@ -123,9 +113,9 @@ def test_a_bad_records_line_is_a_named_error_with_the_fix(
     _set_line(path, number, bad)
     before = path.read_bytes()
     assert main(["report", str(results)]) == 2
-    _one_error(capsys, str(path), problem, "delete the line (or the file)")
+    one_error(capsys, str(path), problem, "delete the line (or the file)")
     assert main(["audit", str(results)]) == 2
-    _one_error(capsys, problem)
+    one_error(capsys, problem)
     with pytest.raises(InputError, match=problem.split(": ")[0]):
         read_records(path, repair=True)
     assert path.read_bytes() == before  # nothing repaired or rewritten
@@ -180,7 +170,7 @@ def test_a_damaged_config_json_is_a_named_error_for_every_command(
     before = path.read_bytes()
     for argv in (["report", str(results)], ["audit", str(results)]):
         assert main(argv) == 2
-        _one_error(capsys, str(path), problem, "pass another --out")
+        one_error(capsys, str(path), problem, "pass another --out")
     with pytest.raises(InputError, match=problem.replace("[", r"\[")):
         run(_config(), *toy, results, progress=False)
     assert path.read_bytes() == before
@@ -202,14 +192,14 @@ def test_a_damaged_setting_json_is_a_named_error(results, capsys, change, proble
     else:
         path.write_text(json.dumps(json.loads(path.read_text()) | change))
     assert main(["report", str(results)]) == 2
-    _one_error(capsys, str(path), problem, "delete that setting's folder")
+    one_error(capsys, str(path), problem, "delete that setting's folder")
 
 
 def test_a_damaged_method_json_is_a_named_error(results, capsys) -> None:
     path = results / "records" / SETTING / f"{METHOD}.json"
     path.write_text(json.dumps({"method": "fgsm"}))
     assert main(["report", str(results)]) == 2
-    _one_error(capsys, str(path), "is not a method configuration")
+    one_error(capsys, str(path), "is not a method configuration")
 
 
 # -------------------------------------------------------------- nothing outside --out
@@ -252,41 +242,26 @@ def test_a_summary_linked_outside_is_refused_and_left_alone(results, tmp_path, c
     (results / "summary.csv").unlink()
     (results / "summary.csv").symlink_to(precious)
     assert main(["report", str(results)]) == 2
-    _one_error(capsys, f"'{results / 'summary.csv'}' is a symbolic link", "remove the link")
+    one_error(capsys, f"'{results / 'summary.csv'}' is a symbolic link", "remove the link")
     assert precious.read_text() == "mine\n"
 
 
 # -------------------------------------------------------------------- one writer
-_HOLD = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, str(os.getpid()).encode())
-print("held", flush=True)
-time.sleep(60)
-"""
 
 
 def test_a_second_writer_on_a_folder_is_refused_and_records_stay_unique(
     results, toy, capsys
 ) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(results / LOCK_NAME)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        busy = f"'{results}' is in use by process {holder.pid}"
+    with lock_held_by_another_process(results / LOCK_NAME) as pid:
+        busy = f"'{results}' is in use by process {pid}"
         for argv in (["report", str(results)], ["audit", str(results)]):
             assert main(argv) == 2
-            _one_error(capsys, busy)
+            one_error(capsys, busy)
         before = _records(results).read_bytes()
         _records(results).write_bytes(before[:-20])  # a torn line the run would repair
         with pytest.raises(InputError, match=busy):
             run(_config(), *toy, results, progress=False)
         assert _records(results).read_bytes() == before[:-20]  # not even repaired
-    finally:
-        holder.kill()
-        holder.wait()
     # its process is gone: the lock is taken over, the torn chunk redone, once
     run(_config(), *toy, results, progress=False)
     indices = [r["index"] for r in read_records(_records(results))]
@@ -296,13 +271,13 @@ def test_a_second_writer_on_a_folder_is_refused_and_records_stay_unique(
 # ------------------------------------------------------------------- audit's input
 def test_audit_refuses_an_empty_folder_and_batch_sizes_beyond_memory(results, capsys) -> None:
     assert main(["audit", str(results), "--batch-sizes", "1000000000"]) == 2
-    _one_error(capsys, "--batch-sizes up to 1000000000", "use batch sizes up to")
+    one_error(capsys, "--batch-sizes up to 1000000000", "use batch sizes up to")
     import shutil
 
     shutil.rmtree(results / "records")
     (results / "records").mkdir()
     assert main(["audit", str(results)]) == 2
-    _one_error(capsys, "holds no records to audit")
+    one_error(capsys, "holds no records to audit")
     assert not (results / "audit.md").exists()
 
 
@@ -312,7 +287,7 @@ def test_a_full_disk_is_one_error_line(results, monkeypatch, capsys) -> None:
 
     monkeypatch.setattr(tkmia.files.os, "fsync", full)
     assert main(["report", str(results)]) == 1
-    _one_error(capsys, "No space left on device", "free some disk space")
+    one_error(capsys, "No space left on device", "free some disk space")
     assert not list(results.rglob("*.tmp"))
 
 
@@ -321,6 +296,6 @@ def test_a_damaged_selection_json_is_a_named_error(results, capsys, text) -> Non
     path = results / "selection.json"
     path.write_text(text)
     assert main(["report", str(results)]) == 2
-    _one_error(capsys, f"'{path}' holds a bad selection rule", "delete it to use the defaults")
+    one_error(capsys, f"'{path}' holds a bad selection rule", "delete it to use the defaults")
     path.write_text('["rule"]')  # not an object: no stored rule, the defaults
     assert main(["report", str(results)]) == 0
