@@ -46,7 +46,9 @@ from tkmia.metrics import (
 from tkmia.normalize import Normalized
 from tkmia.outputs import as_logits
 
-__all__ = ["OBJECTIVES", "Universal", "UniversalResult", "load_delta", "project_l2"]
+__all__ = [
+    "OBJECTIVES", "Universal", "UniversalResult", "check_delta", "load_delta", "project_l2",
+]  # fmt: skip
 
 #: objective name → per-sample loss ``(scores (n, c), labels, specified, k) -> (n,)``: TkMIA
 #: (hide ``S``, promote ``R``), TkML-AP-U (push all of ``Y`` out: the untargeted baseline)
@@ -72,21 +74,86 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * (eps / norm) if norm > eps else delta
 
 
+def _delta_fix(path: Path) -> str:
+    return (
+        f"delete {str(path)!r} and its .json sidecar (and the fit's records) and rerun the "
+        "same command to fit δ again"
+    )
+
+
 def load_delta(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """A saved δ ``(C, H, W)`` and its metadata (the JSON sidecar, with the epoch of the
-    safetensors file itself, which is written first and so is never behind).
+    safetensors file itself, which is written first and so is never behind). Only the
+    files' form is checked here; :func:`check_delta` checks δ against a fit.
 
     Raises:
         MissingFileError: ``path`` or its ``.json`` sidecar does not exist.
+        InputError: not a safetensors file with a ``delta`` tensor and an integer
+            ``epoch``, or a sidecar that is not a JSON object (the fix named).
     """
     sidecar = path.with_suffix(".json")
     for p in (path, sidecar):
         if not p.is_file():
             raise MissingFileError(f"universal perturbation file {str(p)!r} not found")
-    with safe_open(str(path), framework="pt") as fh:
-        delta, epoch = fh.get_tensor("delta"), int(fh.metadata()["epoch"])
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    return delta, meta | {"epoch": epoch}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            if "delta" not in fh.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                raise InputError(f"δ file {str(path)!r} holds no 'delta' tensor")
+            delta, epoch_text = fh.get_tensor("delta"), (fh.metadata() or {}).get("epoch")
+    except InputError as err:
+        raise InputError(f"{err}; {_delta_fix(path)}") from None
+    except Exception as err:  # safetensors' own error types, or an unreadable file
+        raise InputError(
+            f"δ file {str(path)!r} is not a valid safetensors file ({type(err).__name__}); "
+            f"{_delta_fix(path)}"
+        ) from None
+    if not (isinstance(epoch_text, str) and epoch_text.isdigit()):
+        raise InputError(
+            f"δ file {str(path)!r}: its epoch {epoch_text!r} is not an integer; {_delta_fix(path)}"
+        )
+    try:
+        meta = json.loads(sidecar.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise InputError(f"δ sidecar {str(sidecar)!r} is not a JSON object; {_delta_fix(path)}")
+    return delta, meta | {"epoch": int(epoch_text)}
+
+
+#: how far a saved δ's norm may exceed eps (float32 rounding of the projection)
+NORM_TOLERANCE = 1e-4
+
+
+def check_delta(
+    path: Path, delta: torch.Tensor, meta: Mapping[str, Any], shape: tuple[int, ...],
+    eps: float, epochs: int,
+) -> None:  # fmt: skip
+    """Check a δ read back before anything is computed from it: a floating tensor of the
+    images' ``shape``, finite, ``‖δ‖₂ <= eps · (1 + NORM_TOLERANCE)``, saved after epoch
+    ``0..epochs``, with a finite ``fit_seconds`` >= 0.
+
+    Raises:
+        InputError: what is wrong, naming the file and the fix (delete and refit).
+    """
+    problem = ""
+    epoch, seconds = meta.get("epoch"), meta.get("fit_seconds")
+    if not delta.is_floating_point():
+        problem = f"its tensor is of type {delta.dtype}, not floating point"
+    elif tuple(delta.shape) != tuple(shape):
+        problem = f"its shape {tuple(delta.shape)} is not the images' {tuple(shape)}"
+    elif not bool(torch.isfinite(delta).all()):
+        problem = "it holds NaN or infinite values"
+    elif float(delta.double().norm()) > eps * (1 + NORM_TOLERANCE):
+        problem = f"its L2 norm {float(delta.double().norm()):.6g} exceeds eps = {eps:g}"
+    elif not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        problem = f"its epoch {epoch!r} is not an integer in 0..{epochs} (--epochs)"
+    elif (
+        not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+        or not math.isfinite(seconds) or seconds < 0
+    ):  # fmt: skip
+        problem = f"its sidecar's fit_seconds {seconds!r} is not a number >= 0"
+    if problem:
+        raise InputError(f"δ file {str(path)!r}: {problem}; {_delta_fix(path)}")
 
 
 @dataclass
@@ -266,6 +333,7 @@ class Universal:
                 f"{[saved.get(key) for key in differ]} vs {[fit_meta[key] for key in differ]}); "
                 "remove it or choose another output folder"
             )
+        check_delta(path, delta, saved, tuple(images.shape[1:]), self.eps, self.epochs)
         return self._check_delta(delta, images), saved["epoch"], float(saved["fit_seconds"])
 
     # ---------------------------------------------------------------- evaluate

@@ -11,6 +11,7 @@ User mistakes become one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,35 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: the subcommands, in the order of `tkmia --help`
 COMMANDS = ("run", "train", "report", "inspect", "universal", "audit", "evaluate", "certify")
+
+
+#: the exit code when the system refuses (a full disk, no permission, out of memory)
+EXIT_SYSTEM = 1
+_OUT_OF_MEMORY = (
+    ": an image size, batch size or sample count too large for this machine? Lower it "
+    "(--image-size, --batch-size) and rerun; finished work is kept"
+)
+_FIXES = {
+    errno.ENOSPC: "free some disk space, then rerun the same command (finished work is kept)",
+    errno.EDQUOT: "free some disk space, then rerun the same command (finished work is kept)",
+    errno.EACCES: "make it writable for you, or pass another --out (or folder)",
+    errno.EPERM: "make it writable for you, or pass another --out (or folder)",
+    errno.EROFS: "the file system is read-only: pass another --out (or folder)",
+}
+
+
+def system_error(err: OSError) -> str:
+    """One line on an error of the operating system: what failed, where, and the fix."""
+    where = f" on {str(err.filename)!r}" if err.filename is not None else ""
+    what = err.strerror or type(err).__name__
+    fix = _FIXES.get(err.errno or 0, "check the file and its folder, then rerun")
+    return f"the system refused a file operation{where}: {what}; {fix}"
+
+
+def _error_line(message: str) -> None:
+    """``tkmia: error: ...`` on stderr, always exactly one line."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"tkmia: error: {text}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: the command's, 2 for a user mistake (one ``tkmia: error: ...`` line
-        on stderr), 130 when interrupted.
+        on stderr), 1 when the system refuses (a full disk, a read-only folder, out of
+        memory; one such line too), 130 when interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     _COMMAND_SEEN[:] = [w for w in argv if w in COMMANDS][:1]
@@ -103,9 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             retain_freed_memory()  # no page faults on every iteration's tensors
         return _module(args.command).command(args)
     except InputError as err:
-        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print(f"tkmia: error: {message}", file=sys.stderr)  # always exactly one line
+        _error_line(str(err))
         return EXIT_USAGE
+    except OSError as err:  # the system refused: a full disk, a read-only folder, ...
+        _error_line(system_error(err))
+        return EXIT_SYSTEM
+    except MemoryError:
+        _error_line(f"out of memory{_OUT_OF_MEMORY}")
+        return EXIT_SYSTEM
+    except RuntimeError as err:
+        if type(err).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(err):
+            raise
+        _error_line(f"out of memory ({str(err).splitlines()[0][:120]}){_OUT_OF_MEMORY}")
+        return EXIT_SYSTEM
     except KeyboardInterrupt:
         print(
             "tkmia: interrupted; finished work is saved, rerun the same command to resume",

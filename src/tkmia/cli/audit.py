@@ -62,7 +62,15 @@ def command(args: argparse.Namespace) -> int:
         InputError: ``dir`` is not a results folder, its records lack the audit's columns,
             or a bad option.
     """
-    print(audit_folder(args.dir, args.batch_sizes, args.seed, args.draws, not args.no_figures))
+    from tkmia.experiments.audit import check_audit_options
+    from tkmia.files import folder_lock
+
+    check_audit_options(args.batch_sizes, args.draws)
+    if not (args.dir / "config.json").is_file():
+        raise InputError(f"{str(args.dir)!r} is not a tkmia results folder (no config.json)")
+    with folder_lock(args.dir, "tkmia audit"):
+        text = audit_folder(args.dir, args.batch_sizes, args.seed, args.draws, not args.no_figures)
+    print(text)
     return 0
 
 

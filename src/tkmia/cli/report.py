@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,9 @@ def command(args: argparse.Namespace) -> int:
     Raises:
         InputError: ``dir`` is not a results folder, or the overriding rule is invalid.
     """
+    from tkmia.experiments.readback import is_universal, read_config
     from tkmia.experiments.selection import check_rule, load_rule
+    from tkmia.files import folder_lock
     from tkmia.reports.render import render
 
     out = args.dir
@@ -57,10 +58,7 @@ def command(args: argparse.Namespace) -> int:
         raise InputError(
             f"{str(out)!r} is not a tkmia results folder (no config.json and no summary.csv)"
         )
-    config = out / "config.json"
-    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("command") == (
-        "universal"
-    ):
+    if (out / "config.json").is_file() and is_universal(read_config(out)):
         raise InputError(
             f"{str(out)!r} holds tkmia universal results; rerun the same tkmia universal "
             "command to rewrite its tables and figures (finished fits are read back)"
@@ -73,6 +71,7 @@ def command(args: argparse.Namespace) -> int:
             rule["tol"] if tol is None else tol,
             rule["scope"] if scope is None else scope,
         )
-    print(render(out, tol=tol, scope=scope))
+    with folder_lock(out, "tkmia report"):
+        print(render(out, tol=tol, scope=scope))
     print(f"results: {out}")
     return 0

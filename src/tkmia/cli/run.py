@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,8 +302,7 @@ def command(args: argparse.Namespace) -> int:
     from tkmia.experiments.distributed import init_from_env, shutdown
     from tkmia.experiments.results_dir import check_compatible
     from tkmia.experiments.runner import RunConfig, run
-    from tkmia.experiments.selection import save_rule
-    from tkmia.files import remove_stale_temporaries
+    from tkmia.files import folder_lock
 
     plan = plan_run(apply_implications(resolve_options(args), option_names(args)))
     opts, out = plan.opts, plan.out
@@ -329,16 +329,13 @@ def command(args: argparse.Namespace) -> int:
     _announce(plan, config, dataset, dist)
     try:
         flags = {"progress": opts["progress"], "skip_bad_images": opts["skip_bad_images"]}
-        rows = run(config, model, dataset, out, device=device, dist=dist, **flags)
+        # one process: the folder is held from the first write to the last (run() takes
+        # the lock again, re-entrantly); torchrun: run() holds it on rank 0, then _finish
+        with folder_lock(out, "tkmia run") if not dist.active else nullcontext():
+            rows = run(config, model, dataset, out, device=device, dist=dist, **flags)
         if dist.is_main:
-            from tkmia.reports.render import render  # matplotlib: only once there is a table
-
-            save_rule(out, "success", opts["select_tol"], opts["select_scope"])
-            print(render(out, rows=rows, classes=classes))
-            if not opts["no_audit"]:
-                _audit(out)
-            # every rank is past run()'s last barrier: none can still be writing here
-            remove_stale_temporaries(out)
+            with folder_lock(out, "tkmia run"):
+                _finish(out, rows, classes, opts)
             print(f"results: {out}")
             warn_low_success(rows)
             if not warn_unattacked(rows):
@@ -346,6 +343,21 @@ def command(args: argparse.Namespace) -> int:
     finally:
         shutdown(dist)
     return 0
+
+
+def _finish(out: Path, rows: list[SummaryRow], classes: list[str], opts: dict[str, Any]) -> None:
+    """Rank 0, the run done and the folder held: the selection rule, the tables and
+    figures, the audit, and the temporaries of killed processes removed."""
+    from tkmia.experiments.selection import save_rule
+    from tkmia.files import remove_stale_temporaries
+    from tkmia.reports.render import render  # matplotlib: only once there is a table
+
+    save_rule(out, "success", opts["select_tol"], opts["select_scope"])
+    print(render(out, rows=rows, classes=classes))
+    if not opts["no_audit"]:
+        _audit(out)
+    # every rank is past run()'s last barrier: none can still be writing here
+    remove_stale_temporaries(out)
 
 
 def _audit(out: Path) -> None:

@@ -116,7 +116,7 @@ def command(args: argparse.Namespace) -> int:
     from tkmia.data.factory import EVAL_SPLIT, TRAIN_SPLIT, open_dataset
     from tkmia.experiments.settings import setting_grid
     from tkmia.experiments.universal import UniversalConfig, run_universal
-    from tkmia.files import remove_stale_temporaries
+    from tkmia.files import folder_lock, remove_stale_temporaries
     from tkmia.models import fit_model, open_model
     from tkmia.reports.universal import render_universal
 
@@ -149,8 +149,9 @@ def command(args: argparse.Namespace) -> int:
         f"{len(config.eps)} radii",
         flush=True,
     )
-    rows = run_universal(config, model, fit_set, eval_set, out, device, log=print)
-    print(render_universal(out, rows, classes))
-    remove_stale_temporaries(out)
+    with folder_lock(out, "tkmia universal"):
+        rows = run_universal(config, model, fit_set, eval_set, out, device, log=print)
+        print(render_universal(out, rows, classes))
+        remove_stale_temporaries(out)
     print(f"results: {out}")
     return 0

@@ -361,6 +361,11 @@ def audit_groups(
     return rows
 
 
+#: the most bootstrap draws times the largest batch size (the audit holds a few float64
+#: arrays of that many entries per statistic: 2·10⁷ is a few hundred MB)
+MAX_DRAWN = 20_000_000
+
+
 def skipped_batches(groups: Sequence[AuditGroup], batch_sizes: Sequence[int]) -> list[str]:
     """One line per group whose attacked images are fewer than some batch sizes: those
     batch sizes are left out of its audit. A batch of N drawn (with replacement) from n < N
@@ -379,12 +384,19 @@ def skipped_batches(groups: Sequence[AuditGroup], batch_sizes: Sequence[int]) ->
 
 
 def check_audit_options(batch_sizes: Sequence[int], draws: int) -> None:
-    """Raises InputError for a batch size or a number of draws below 1."""
+    """Raises InputError for a batch size or a number of draws below 1, or a product of
+    the draws and the largest batch size above :data:`MAX_DRAWN` (memory)."""
     bad = [b for b in batch_sizes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
     if bad or not batch_sizes:
         raise InputError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 20:
         raise InputError(f"the number of bootstrap draws must be an integer >= 20, got {draws!r}")
+    if max(batch_sizes) * 3 * draws > MAX_DRAWN:
+        raise InputError(
+            f"--batch-sizes up to {max(batch_sizes)} with --draws {draws} would hold "
+            f"{max(batch_sizes) * 3 * draws:.3g} bootstrap draws in memory (at most "
+            f"{MAX_DRAWN:.0e}): use batch sizes up to {MAX_DRAWN // (3 * draws)} or fewer draws"
+        )
 
 
 def audit(
@@ -396,8 +408,14 @@ def audit(
     """The audit of a results folder: its rows, setting-major, and the values they use.
 
     Raises:
-        InputError: see :func:`read_groups` and :func:`check_audit_options`.
+        InputError: see :func:`read_groups` and :func:`check_audit_options`; no records.
     """
     check_audit_options(batch_sizes, draws)
     groups = read_groups(out)
+    if not groups:
+        raise InputError(
+            f"{str(out)!r} holds no records to audit (no setting of its config.json has a "
+            "setting.json and records): run tkmia run into it first (or, if it was "
+            "interrupted, rerun the same command to finish it)"
+        )
     return audit_groups(groups, batch_sizes, seed, draws, 3 * draws), groups

@@ -24,6 +24,7 @@ import torch
 
 from tkmia.attacks import AttackResult
 from tkmia.attacks.pixels import quantize
+from tkmia.errors import InputError
 from tkmia.files import write_text_atomic
 from tkmia.metrics import (
     ap_at_k,
@@ -127,10 +128,15 @@ def make_records(
 
 
 def append_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records as JSON lines (one ``write`` for the batch) and fsync them."""
+    """Append records as JSON lines (one ``write`` for the batch) and fsync them.
+
+    Raises:
+        InputError: ``path`` is a symbolic link (it is never followed, even dangling).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(rec, allow_nan=True) + "\n" for rec in records).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    _refuse_link(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -149,6 +155,8 @@ def record_files(directory: Path, method_key: str) -> list[Path]:
         (p for p in ranked if p.name[len(method_key) + 5 : -6].isdigit()),
         key=lambda p: int(p.name[len(method_key) + 5 : -6]),
     )
+    for path in files:
+        _refuse_link(path)
     return [p for p in files if p.is_file()]
 
 
@@ -175,20 +183,113 @@ def drop_records(path: Path, indices: set[int]) -> int:
     return len(records) - len(keep)
 
 
+def _refuse_link(path: Path) -> None:
+    """Refuse a records file that is a symbolic link (reading, repairing or appending to
+    it would reach whatever it points at, outside the results folder)."""
+    if path.is_symlink():
+        raise InputError(
+            f"records file {str(path)!r} is a symbolic link; tkmia never reads or writes "
+            "records through a link (it could lead outside the results folder): remove "
+            "the link, or pass another --out"
+        )
+
+
 def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Records of a file; a truncated last line (an interrupted write) is dropped.
+    """Records of a file, each checked (:func:`check_record`); a truncated last line (an
+    interrupted write: no newline at its end) is dropped.
 
     With ``repair=True`` the torn tail is also cut from the file, so that records
     appended by a resumed run start on a line of their own.
+
+    Raises:
+        InputError: ``path`` is a symbolic link, or a complete line is not a valid record
+            (the message names the file, the line and the fix).
     """
+    _refuse_link(path)
     if not path.is_file():
         return []
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
+    records = [
+        _parse_line(line, path, number)
+        for number, line in enumerate(complete.split(b"\n"), start=1)
+        if line.strip()
+    ]
     if repair and len(complete) != len(data):
-        with path.open("r+b") as fh:
-            fh.truncate(len(complete))
-    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, len(complete))
+        finally:
+            os.close(fd)
+    return records
+
+
+def _parse_line(line: bytes, path: Path, number: int) -> dict[str, Any]:
+    """One line of a records file, decoded and checked."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+        problem = check_record(record)
+    except UnicodeDecodeError:
+        problem = "it is not UTF-8 text"
+    except json.JSONDecodeError as err:
+        problem = f"it is not valid JSON ({err.msg})"
+    if problem:
+        raise InputError(
+            f"records file {str(path)!r} line {number}: {problem}; a records file holds "
+            "one JSON object per attacked image, as tkmia writes it: delete the line (or "
+            "the file) and rerun the same command to redo those images"
+        )
+    return record
+
+
+#: what every record holds: ``index`` and ``success``, and the numbers summaries use
+_NUMBERS = (
+    "iterations", "n_specified", "delta_n", "l2", "linf", "psnr", "seconds",
+    *(f"{name}_{when}" for name in MEASURES for when in ("clean", "adv")),
+)  # fmt: skip
+#: numbers a record may hold (records of older runs lack some)
+_OPTIONAL_NUMBERS = (
+    "ssim", "required",
+    *(f"{name}_{when}" for name in LABEL_FREE for when in ("clean", "adv")),
+)  # fmt: skip
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_record(record: Any) -> str:
+    """What is wrong with one record read back (``""``: nothing).
+
+    A record is a JSON object with an integer ``index`` >= 0, a boolean ``success`` (and
+    ``success_uint8`` if present) and a number (NaN and infinities allowed) in each of the
+    columns summaries are made of.
+    """
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    index = record.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return f"'index' is {_show(index)}, not an image index (an integer >= 0)"
+    missing = [key for key in ("success", *_NUMBERS) if key not in record]
+    if missing:
+        return f"it lacks {', '.join(map(repr, missing[:3]))}" + (
+            " ..." if len(missing) > 3 else ""
+        )
+    for key in ("success", "success_uint8"):
+        if (key in record or key == "success") and not isinstance(record.get(key), bool):
+            return f"{key!r} is {_show(record.get(key))}, not true or false"
+    for key in _NUMBERS:
+        if not _is_number(record.get(key)):
+            return f"{key!r} is {_show(record.get(key))}, not a number"
+    for key in _OPTIONAL_NUMBERS:
+        if key in record and not _is_number(record[key]):
+            return f"{key!r} is {_show(record[key])}, not a number"
+    return ""
 
 
 def _mean(values: list[float]) -> float:

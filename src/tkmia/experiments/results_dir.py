@@ -18,9 +18,10 @@ from tkmia.data.common import LabelledDataset
 from tkmia.errors import InputError
 from tkmia.experiments.distributed import DistInfo
 from tkmia.experiments.plan import SettingPlan, chunks
+from tkmia.experiments.readback import read_config
 from tkmia.experiments.records import drop_records, read_all_records, record_files
 from tkmia.experiments.settings import MethodConfig
-from tkmia.files import write_text_atomic
+from tkmia.files import check_inside, write_text_atomic
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -90,7 +91,7 @@ def check_compatible(out: Path, partial: dict[str, Any]) -> None:
     """
     path = out / "config.json"
     if path.is_file():
-        error = _mismatch(out, json.loads(path.read_text()), partial)
+        error = _mismatch(out, read_config(out), partial)
         if error is not None:
             raise error
 
@@ -116,7 +117,7 @@ def check_out_dir(out: Path, config: dict[str, Any], write: bool = True) -> None
         if write:
             out.mkdir(parents=True, exist_ok=True)
         if path.is_file():
-            old = json.loads(path.read_text())
+            old = read_config(out)
             error = _mismatch(out, old, config)
             if error is not None:
                 raise error
@@ -156,8 +157,8 @@ def write_setting(
 ) -> None:
     """Describe a setting and its methods under ``out/records/<setting>/`` and drop the
     records an interrupted run left incomplete (see :func:`drop_incomplete_chunks`)."""
-    setting_dir = out / "records" / plan.setting.key
-    _write_json(setting_dir / "setting.json", plan.setting_json())
+    setting_dir = check_inside(out, out / "records" / plan.setting.key)
+    _write_json(check_inside(out, setting_dir / "setting.json"), plan.setting_json())
     for method in methods:
         _write_json(setting_dir / f"{method.key}.json", method.as_dict())
         drop_incomplete_chunks(setting_dir, method.key, plan.indices, chunk_size)

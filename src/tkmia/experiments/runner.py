@@ -23,6 +23,7 @@ Sharding: with ``torchrun`` each rank attacks every ``WORLD_SIZE``-th chunk (see
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 from tkmia.attacks import Attack, AttackResult
 from tkmia.attacks.base import Normalize
 from tkmia.data.common import LabelledDataset
+from tkmia.errors import InputError
 from tkmia.experiments.chunk_reader import Chunk, ChunkReader
 from tkmia.experiments.distributed import DistInfo
 from tkmia.experiments.plan import SettingPlan, chunks, plan_setting
@@ -45,11 +47,11 @@ from tkmia.experiments.records import (
     read_all_records,
 )
 from tkmia.experiments.results_dir import prepare_out_dir, report_bad_images, write_setting
-from tkmia.experiments.scoring import CleanScores
+from tkmia.experiments.scoring import CleanScores, check_gradients
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.experiments.stealth_reference import setting_references
 from tkmia.experiments.summary import SummaryRow, collect_rows, write_summary
-from tkmia.files import atomic_path
+from tkmia.files import atomic_path, check_inside, folder_lock
 from tkmia.normalize import Normalized
 
 
@@ -207,12 +209,57 @@ class _Run:
         ok8 = quantised_success(attack, result, chunk.labels)
         if chunk.positions[0] == 0 and self.config.examples > 0:
             path = self.out / "examples" / setting.key / f"{method.key}.safetensors"
-            _save_examples(path, chunk, result, min(self.config.examples, len(chunk.indices)))
+            _save_examples(
+                check_inside(self.out, path),
+                chunk,
+                result,
+                min(self.config.examples, len(chunk.indices)),
+            )
         records = make_records(
             chunk.indices, chunk.images, chunk.labels, result, setting.k, seconds, ok8
         )
         path = self.out / "records" / setting.key / self.dist.records_name(method.key)
-        append_records(path, records)
+        append_records(check_inside(self.out, path), records)
+
+
+def _hold(stack: ExitStack, out: Path, dist: DistInfo) -> None:
+    """Rank 0 locks ``out`` for the run (:func:`~tkmia.files.folder_lock`; the other ranks
+    of a torchrun run write files of their own); every rank raises rank 0's refusal."""
+    error = None
+    if dist.is_main:
+        try:
+            stack.enter_context(folder_lock(out, "tkmia run"))
+        except InputError as err:
+            error = str(err)
+    error = dist.share(error)
+    if error is not None:
+        raise InputError(error)
+
+
+def _run_locked(job: _Run, skip_bad_images: bool) -> list[SummaryRow]:
+    """:func:`run`'s work once the folder is held: select, describe, attack, summarise."""
+    config, out, dist = job.config, job.out, job.dist
+    cache = CleanScores(job.model, job.dataset, config.batch_size, job.device, skip_bad_images)
+    # deterministic: every rank selects the same images
+    plans = [plan_setting(cache, s, config.samples, config.seed) for s in config.settings]
+    check_gradients(job.model, job.dataset, plans, job.device)
+    if dist.is_main:
+        for plan in plans:
+            methods = [m for m in config.methods if m.runs_on(plan.setting)]
+            write_setting(out, plan, methods, config.chunk)
+        report_bad_images(plans, job.dataset)
+    job.stealth_iqr = setting_references(cache, plans, config.methods, out if dist.is_main else None)
+    dist.barrier()
+    for plan in plans:
+        for method in config.methods:
+            if method.runs_on(plan.setting):
+                job.attack(plan, method)
+    dist.barrier()
+    # the folder's rows: what earlier runs in it attacked as well as this run
+    rows = collect_rows(out)
+    if dist.is_main:
+        write_summary(out, rows)
+    return rows
 
 
 def run(
@@ -258,28 +305,12 @@ def run(
         BadImageError: an image cannot be read and ``skip_bad_images`` is off.
     """
     dist = dist or DistInfo()
-    prepare_out_dir(out, config.as_json(), dist)
     if normalize is not None:
         model = Normalized(model, *normalize)
     model = model.to(device).eval()
-    cache = CleanScores(model, dataset, config.batch_size, device, skip_bad=skip_bad_images)
-    # deterministic: every rank selects the same images
-    plans = [plan_setting(cache, s, config.samples, config.seed) for s in config.settings]
-    if dist.is_main:
-        for plan in plans:
-            methods = [m for m in config.methods if m.runs_on(plan.setting)]
-            write_setting(out, plan, methods, config.chunk)
-        report_bad_images(plans, dataset)
-    iqr = setting_references(cache, plans, config.methods, out if dist.is_main else None)
-    dist.barrier()
-    job = _Run(config, model, dataset, out, device, dist, progress, iqr)
-    for plan in plans:
-        for method in config.methods:
-            if method.runs_on(plan.setting):
-                job.attack(plan, method)
-    dist.barrier()
-    # the folder's rows: what earlier runs in it attacked as well as this run
-    rows = collect_rows(out)
-    if dist.is_main:
-        write_summary(out, rows)
+    with ExitStack() as held:
+        _hold(held, out, dist)
+        prepare_out_dir(out, config.as_json(), dist)
+        job = _Run(config, model, dataset, out, device, dist, progress)
+        rows = _run_locked(job, skip_bad_images)
     return rows

@@ -2,11 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
 from tkmia.data.common import LabelledDataset
-from tkmia.errors import BadImageError
+from tkmia.errors import BadImageError, InputError
+
+#: what to check when a model's scores are not finite or carry no gradient
+_MODEL_FIX = "check its weights, its normalisation (--normalize) and the input size"
+
+
+def check_finite(scores: torch.Tensor, start: int) -> None:
+    """Refuse scores ``(m, c)`` of images ``start, start + 1, ...`` with a NaN or an
+    infinity: no rank, measure or attack means anything on them.
+
+    Raises:
+        InputError: how many images gave such scores, and the first one's index.
+    """
+    finite = torch.isfinite(scores).all(dim=1)
+    if not bool(finite.all()):
+        rows = torch.nonzero(~finite).flatten()
+        raise InputError(
+            f"the model gives NaN or infinite scores for {rows.numel()} of {len(finite)} "
+            f"images scored together (the first: image #{start + int(rows[0])}); tkmia "
+            f"attacks only a model whose scores are finite: {_MODEL_FIX}"
+        )
+
+
+def check_gradients(
+    model: nn.Module, dataset: LabelledDataset, plans: Sequence[Any], device: str
+) -> None:
+    """Refuse a model whose scores do not depend on the input with gradients (its forward
+    under ``torch.no_grad``, or detached): every attack needs ``∂scores/∂x``. Checked on
+    the first selected image of ``plans`` (nothing to check if none was selected).
+
+    Raises:
+        InputError: the scores carry no gradient.
+    """
+    first = next((plan.indices[0] for plan in plans if plan.indices), None)
+    if first is None:
+        return
+    image = dataset[first][0][None].to(device)
+    with torch.enable_grad():
+        image.requires_grad_(True)
+        scores = model(image)
+    if not (isinstance(scores, torch.Tensor) and scores.requires_grad):
+        raise InputError(
+            "the model's output does not depend on the input with gradients: is its "
+            "forward under torch.no_grad (or does it detach the scores)? The attacks need "
+            "the gradient of the scores with respect to the image"
+        )
 
 
 class CleanScores:
@@ -82,6 +130,7 @@ class CleanScores:
         if good:
             images = torch.stack([im for im, _ in good]).to(self.device)
             good_scores = self.model(images).float().cpu()
+            check_finite(good_scores, start)
             c = good_scores.shape[1]
             good_labels = torch.stack([lab for _, lab in good]).float()
         else:

@@ -43,11 +43,11 @@ _EPS = 1e-9
 
 def check_rule(rule: str = "success", tol: float = DEFAULT_TOL, scope: str = DEFAULT_SCOPE) -> None:
     """Raise :class:`InputError` unless the rule, tolerance and scope are valid."""
-    if rule not in RULES:
+    if not isinstance(rule, str) or rule not in RULES:
         raise InputError(f"unknown selection rule {rule!r}; expected one of {list(RULES)}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol <= 1:
         raise InputError(f"--select-tol must be a number in [0, 1], got {tol!r}")
-    if scope not in SCOPES:
+    if not isinstance(scope, str) or scope not in SCOPES:
         raise InputError(f"--select-scope must be one of {list(SCOPES)}, got {scope!r}")
 
 
@@ -170,5 +170,14 @@ def load_rule(out: Path) -> dict[str, Any]:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             stored = {}
+        if not isinstance(stored, dict):
+            stored = {}
         data |= {key: stored[key] for key in ("rule", "tol", "scope") if key in stored}
+        try:
+            check_rule(data["rule"], data["tol"], data["scope"])
+        except InputError as err:
+            raise InputError(
+                f"{str(path)!r} holds a bad selection rule ({err}); delete it to use the "
+                "defaults, or pass --select-tol and --select-scope to tkmia report"
+            ) from None
     return data

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -18,6 +17,7 @@ from typing import Any
 
 from tkmia.errors import InputError
 from tkmia.experiments.methods import HYPERPARAMETERS
+from tkmia.experiments.readback import is_universal, read_config, read_method, read_setting
 from tkmia.experiments.records import read_all_records, summarise
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.files import write_text_atomic
@@ -305,10 +305,13 @@ class RecordGroup:
 
 
 def _read_config(out: Path) -> dict[str, Any]:
-    path = out / "config.json"
-    if not path.is_file():
-        raise InputError(f"{str(out)!r} is not a tkmia results folder (no config.json)")
-    config: dict[str, Any] = json.loads(path.read_text())
+    config = read_config(out)
+    if is_universal(config):
+        raise InputError(
+            f"{str(out)!r} holds tkmia universal results (one perturbation per group, not "
+            "per-image attack records, which tkmia report and tkmia audit read): rerun the "
+            "same tkmia universal command to rewrite its tables"
+        )
     return config
 
 
@@ -326,29 +329,17 @@ def iter_records(
         sdir = out / "records" / skey
         if not (sdir / "setting.json").is_file():
             continue
-        setting, skipped, bad_images, selected = _read_setting(sdir / "setting.json")
+        setting, skipped, bad_images, selected = read_setting(sdir / "setting.json")
         for mkey in method_keys:
             mpath = sdir / f"{mkey}.json"
             if not mpath.is_file():
                 continue
-            method = MethodConfig.from_dict(json.loads(mpath.read_text()))
+            method = read_method(mpath)
             records = read_all_records(sdir, mkey)
             if selected is not None:
                 keep = set(selected)
                 records = [r for r in records if r["index"] in keep]
             yield RecordGroup(setting, method, skipped, bad_images, records)
-
-
-def _read_setting(path: Path) -> tuple[Setting, int, int, list[int] | None]:
-    """``(setting, skipped, bad_images, selected indices or None)`` of a ``setting.json``."""
-    data = json.loads(path.read_text())
-    skipped = data.pop("skipped")
-    bad_images = data.pop("bad_images", 0)
-    data.pop("bad_image_indices", None)
-    selected = data.pop("indices", None)
-    if data.get("group_indices") is not None:
-        data["group_indices"] = tuple(data["group_indices"])
-    return Setting(**data), skipped, bad_images, selected
 
 
 def summary_columns(rows: Sequence[SummaryRow]) -> list[str]:

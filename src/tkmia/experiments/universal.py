@@ -25,15 +25,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from tkmia.attacks.universal import Universal, load_delta
+from tkmia.attacks.universal import Universal, check_delta, load_delta
 from tkmia.data.common import LabelledDataset
 from tkmia.errors import InputError
 from tkmia.experiments.plan import SettingPlan, plan_setting
 from tkmia.experiments.records import append_records, make_records, read_records, summarise
 from tkmia.experiments.results_dir import check_out_dir
-from tkmia.experiments.scoring import CleanScores
+from tkmia.experiments.scoring import CleanScores, check_gradients
 from tkmia.experiments.settings import Setting
-from tkmia.files import atomic_path, write_text_atomic
+from tkmia.files import atomic_path, check_inside, folder_lock, write_text_atomic
 from tkmia.protocol import eligibility_rule
 
 __all__ = ["UniversalConfig", "UniversalRow", "fit_key", "run_universal", "write_rows"]
@@ -166,6 +166,24 @@ def _save_examples(path: Path, split: _Split, result: Any, delta: torch.Tensor, 
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
+def _read_back(path: Path, ev: _Split, eps: float, epochs: int) -> dict[str, Any]:
+    """The sidecar of a finished fit's δ, once δ is checked (:func:`check_delta`, and
+    saved after the last epoch): its records were made from it.
+
+    Raises:
+        InputError: δ or its sidecar is damaged or was changed.
+    """
+    delta, saved = load_delta(path)
+    check_delta(path, delta, saved, tuple(ev.images.shape[1:]), eps, epochs)
+    if saved["epoch"] != epochs:
+        raise InputError(
+            f"δ file {str(path)!r} was saved after epoch {saved['epoch']} of {epochs}, but "
+            "its fit's records are complete: delete it, its .json sidecar and the fit's "
+            "records and rerun the same command to fit δ again"
+        )
+    return saved
+
+
 def _fit_and_evaluate(
     config: UniversalConfig,
     model: nn.Module,
@@ -178,11 +196,13 @@ def _fit_and_evaluate(
     """One δ: fitted (or resumed, or read back when done) and evaluated; its row."""
     fit, ev = data
     key = fit_key(objective, eps)
-    delta_path = out / "deltas" / setting.key / f"{key}.safetensors"
-    records_path = out / "records" / setting.key / f"{key}.jsonl"
+    delta_path = check_inside(out, out / "deltas" / setting.key / f"{key}.safetensors")
+    check_inside(out, delta_path.with_suffix(".json"))
+    records_path = check_inside(out, out / "records" / setting.key / f"{key}.jsonl")
     n_eval = len(ev.plan.indices)
     records = read_records(records_path)
-    if len(records) != n_eval or not delta_path.is_file():
+    done = [r["index"] for r in records] == ev.plan.indices and delta_path.is_file()
+    if not done:
         atk = Universal(model, setting.k, objective, eps, config.lr, config.epochs,
                         config.batch_size, config.seed)  # fmt: skip
         meta = {"model": config.model, "dataset": config.dataset, "group": setting.group,
@@ -198,7 +218,7 @@ def _fit_and_evaluate(
         if config.examples > 0:
             path = out / "examples" / setting.key / f"{key}.safetensors"
             _save_examples(path, ev, result, delta, min(config.examples, n_eval))
-    saved = load_delta(delta_path)[1]
+    saved = _read_back(delta_path, ev, eps, config.epochs)
     m = summarise(records)
     return UniversalRow(
         config.dataset, config.model, setting.k, str(setting.group), objective, eps,
@@ -237,6 +257,20 @@ def run_universal(
         InputError: ``out`` holds another configuration; a setting has no eligible image
             in one of the splits.
     """
+    with folder_lock(out, "tkmia universal"):
+        return _run_universal(config, model, fit_set, eval_set, out, device, log)
+
+
+def _run_universal(
+    config: UniversalConfig,
+    model: nn.Module,
+    fit_set: LabelledDataset,
+    eval_set: LabelledDataset,
+    out: Path,
+    device: str,
+    log: Callable[[str], None] | None,
+) -> list[UniversalRow]:
+    """:func:`run_universal` once ``out`` is locked."""
     check_out_dir(out, config.as_json())
     fit_cache = CleanScores(model, fit_set, 256, device)
     eval_cache = CleanScores(model, eval_set, 256, device)
@@ -246,6 +280,7 @@ def run_universal(
             _split(fit_cache, setting, config.fit_samples, config.fit_split, device),
             _split(eval_cache, setting, config.samples, config.eval_split, device),
         )
+        check_gradients(model, fit_set, [data[0].plan], device)
         for objective in config.objectives:
             for eps in config.eps:
                 row = _fit_and_evaluate(config, model, setting, data, objective, eps, out)

@@ -95,6 +95,25 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return check_meta(meta, str(side))
 
 
+def refusal(path: Path, err: BaseException) -> str:
+    """Why tkmia refuses a torch file that ``torch.load(weights_only=True)`` rejected, and
+    the safe way out. torch's own message is not passed on: it may advise unpickling
+    (``weights_only=False``), which can run any code the file holds."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    why = (
+        f"it holds pickled Python objects (GLOBAL {found.group(1)})"
+        if found
+        else f"it is not a file of plain tensors (torch's weights-only reader refused it: "
+        f"{type(err).__name__})"
+    )
+    return (
+        f"refusing to load {str(path)!r}: {why}; loading a pickle can run any code it "
+        "holds, so tkmia reads only safetensors files or torch files of plain tensors: "
+        "convert the weights to safetensors where you trust the file (load it there and "
+        "save model.state_dict() with safetensors.torch.save_file)"
+    )
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict without executing any pickle.
 
@@ -125,21 +144,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # any failure means: not a plain, safe weights file
-            # torch's message runs over several lines (and suggests allow-listing the
-            # global): keep only what the file holds
-            found = re.search(r"Unsupported global: (GLOBAL [^ ]+)", str(err))
-            why = (
-                f"it holds pickled Python objects ({found.group(1)})"
-                if found
-                else (
-                    "it is not a weights-only torch file: "
-                    + (str(err).strip().splitlines() or [type(err).__name__])[0]
-                )
-            )
-            raise InputError(
-                f"refusing to load {str(path)!r}: {why}; only safetensors files or state "
-                "dicts of tensors are accepted (a pickle could run code)"
-            ) from None
+            raise InputError(refusal(path, err)) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         tensors_only = isinstance(state, dict) and all(

@@ -134,6 +134,17 @@ def _import(module: str, spec: str, what: str = "model factory") -> object:
     return importlib.import_module(module)
 
 
+def _user_error(err: BaseException) -> str:
+    """One line on an exception the user's code raised (``SystemExit`` explained: a
+    factory must return a model, not end the program)."""
+    if isinstance(err, SystemExit):
+        return (
+            f"it called sys.exit({'' if err.code is None else repr(err.code)}) (SystemExit); a "
+            "factory must return a torch.nn.Module, not end the program"
+        )
+    return _first_line(err)
+
+
 def call_factory(spec: str, module: str, function: str) -> nn.Module:
     """Import ``module`` (``pkg.mod`` or ``path/to/file.py``), call ``function()``, and
     check that it returned an ``nn.Module``. This runs the user's code.
@@ -147,9 +158,11 @@ def call_factory(spec: str, module: str, function: str) -> nn.Module:
         loaded = _import(module, spec)
     except InputError:
         raise
-    except Exception as err:  # the user's code: report its error in one line
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # the user's code (sys.exit too): its error in one line
         raise InputError(
-            f"model factory {spec!r}: importing {module!r} failed: {_first_line(err)}"
+            f"model factory {spec!r}: importing {module!r} failed: {_user_error(err)}"
         ) from None
     factory = getattr(loaded, function, None)
     if not callable(factory):
@@ -159,8 +172,10 @@ def call_factory(spec: str, module: str, function: str) -> nn.Module:
         )
     try:
         net = factory()
-    except Exception as err:
-        why = _first_line(err)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # SystemExit (sys.exit) and the like included
+        why = _user_error(err)
         raise InputError(f"model factory {spec!r}: {function}() failed: {why}") from None
     if not isinstance(net, nn.Module):
         raise InputError(

@@ -52,11 +52,16 @@ def check_output(
             another shape.
     """
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(DUMMY_BATCH, channels, image_size, image_size, generator=generator)
+    batch_shape = (DUMMY_BATCH, channels, image_size, image_size)
     try:
+        x = torch.rand(*batch_shape, generator=generator)  # in the try: a size beyond memory
         output = model(x.to(device))
-    except Exception as err:  # the user's model: any failure is a mistake in its setup
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # the user's model: any failure is a mistake in its setup
         first = (str(err).strip().splitlines() or [""])[0][:300]
+        if isinstance(err, SystemExit):
+            first = "it called sys.exit() (a model must return scores, not end the program)"
         hint = (
             " (a torch.export archive needs a dynamic batch dimension: export with "
             "dynamic_shapes, see docs/own-model.md)"
@@ -64,7 +69,7 @@ def check_output(
             else ""
         )
         raise InputError(
-            f"{name} fails on a dummy batch of shape {tuple(x.shape)} (pixels in [0, 1]; "
+            f"{name} fails on a dummy batch of shape {batch_shape} (pixels in [0, 1]; "
             f"--image-size sets the side): {type(err).__name__}: {first}{hint}"
         ) from None
     try:
@@ -82,5 +87,12 @@ def check_output(
         raise InputError(
             f"{name} gives scores of shape {shape} on a batch of {DUMMY_BATCH} images; "
             f"expected ({DUMMY_BATCH}, {num_classes}): one score per class of the dataset"
+        )
+    bad = int((~torch.isfinite(scores.detach()).all(dim=1)).sum())
+    if bad:
+        raise InputError(
+            f"{name} gives NaN or infinite scores for {bad} of the {DUMMY_BATCH} images of a "
+            "dummy batch (pixels in [0, 1]); tkmia attacks only a model whose scores are "
+            "finite: check its weights, its normalisation (--normalize) and the input size"
         )
     return shape

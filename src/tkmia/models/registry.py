@@ -90,8 +90,32 @@ def load_model(
         )
     model = build_model(meta)
     check_state(path, meta["arch"], state, model.state_dict())
+    check_normalization(path, state, model.state_dict())
     model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+def check_normalization(
+    path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Check that the sidecar's ``mean`` and ``std`` (in ``expected``, the model it
+    describes) are the normalisation the weights carry (``state``'s buffers): otherwise
+    `tkmia inspect` would show one and the model apply the other.
+
+    Raises:
+        InputError: they differ (both values named, and the fix).
+    """
+    for key in ("mean", "std"):
+        if key not in state or key not in expected:
+            continue
+        got, want = state[key].double().flatten(), expected[key].double().flatten()
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-7):
+            raise InputError(
+                f"checkpoint sidecar {str(path.with_suffix('.json'))!r} says {key} "
+                f"{[round(v, 6) for v in want.tolist()]}, but the weights in {str(path)!r} "
+                f"carry {key} {[round(v, 6) for v in got.tolist()]}: the sidecar was edited "
+                "or belongs to other weights; set its mean and std to the weights' values"
+            )
 
 
 def check_state(

@@ -231,14 +231,18 @@ def distribution_figure(groups: Sequence[AuditGroup], path: Path) -> Path:
     axes = fig.subplots(1, len(free))
     for ax, s in zip(axes, free, strict=True):
         values = np.concatenate([groups[0].clean[s], *(g.adv[s] for g in groups)])
-        lo, hi = float(values.min()), float(values.max())
+        values = values[np.isfinite(values)]  # NaN or infinite values are not drawn
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
         if STATISTICS[s].name == "n_above_half":
             bins = np.arange(lo - 0.5, hi + 1.5)
-        ax.hist(groups[0].clean[s], bins=bins, histtype="stepfilled", color="0.8", label="clean")
+        clean = groups[0].clean[s]
+        ax.hist(clean[np.isfinite(clean)], bins=bins, histtype="stepfilled", color="0.8",
+                label="clean")  # fmt: skip
         for g in groups:
             label = config_label(g.config, detailed=grid)
-            ax.hist(g.adv[s], bins=bins, histtype="step", linewidth=1.2, label=label)
+            adv = g.adv[s][np.isfinite(g.adv[s])]
+            ax.hist(adv, bins=bins, histtype="step", linewidth=1.2, label=label)
         ax.set_title(STATISTICS[s].title, fontsize=9)
         ax.set_xticks(np.linspace(bins[0], bins[-1], 3).round(2))
         ax.tick_params(labelsize=7)
