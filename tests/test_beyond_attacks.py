@@ -118,25 +118,60 @@ def test_bad_success_or_quantize(kwargs, match) -> None:
 
 
 # ------------------------------------------------------------------ §7.3 TkML-AP-T
+@pytest.mark.parametrize("tie", [0.0, 0.3])
 @pytest.mark.parametrize("c", [5, 12])
-def test_tkmlapt_loss_matches_the_loop_and_its_gradient_finite_differences(c) -> None:
+def test_tkmlapt_loss_matches_the_loop_and_its_gradient_finite_differences(c, tie) -> None:
     g = torch.Generator().manual_seed(c)
     f = torch.randn(6, c, generator=g, dtype=torch.float64)
     t = (torch.rand(6, c, generator=g) < 0.3).double()
     for k in (1, 2, c - 1):
-        loss = tkmlapt_loss(f, t, k)
-        want = [tkmlapt_loop(f[i].tolist(), t[i].int().tolist(), k) for i in range(6)]
+        loss = tkmlapt_loss(f, t, k, tie)
+        want = [tkmlapt_loop(f[i].tolist(), t[i].int().tolist(), k, tie) for i in range(6)]
         torch.testing.assert_close(loss, torch.tensor(want, dtype=torch.float64))
-        grad = tkmlapt_grad(f, t, k)
+        grad = tkmlapt_grad(f, t, k, tie)
         h = 1e-6
         for j in range(c):
             e = torch.zeros_like(f)
             e[:, j] = h
-            fd = (tkmlapt_loss(f + e, t, k) - tkmlapt_loss(f - e, t, k)) / (2 * h)
+            fd = (tkmlapt_loss(f + e, t, k, tie) - tkmlapt_loss(f - e, t, k, tie)) / (2 * h)
             torch.testing.assert_close(grad[:, j], fd, atol=1e-6, rtol=0)
         f1 = f.clone().requires_grad_(True)
-        (auto,) = torch.autograd.grad(tkmlapt_loss(f1, t, k).sum(), f1)
-        assert torch.equal(grad, auto)
+        (auto,) = torch.autograd.grad(tkmlapt_loss(f1, t, k, tie).sum(), f1)
+        if tie:  # the tie term's τ(f − t) is rounded differently from autograd's chain
+            torch.testing.assert_close(grad, auto, atol=1e-14, rtol=0)
+        else:
+            assert torch.equal(grad, auto)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tkmlapt_grad_is_autograds_bit_for_bit_without_the_tie_term(dtype) -> None:
+    """What the attack steps with, for every k, in both dtypes, ties at the k-th score
+    included (autograd's clamp passes no gradient at 0: a label tied with f_[k] is inactive)."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(40, 20, generator=g).to(dtype)
+    f[:5, 7] = f[:5].topk(4, dim=1).values[:, -1]  # label 7 tied with the 4th score
+    t = torch.rand(40, 20, generator=g) < 0.15
+    t[:5, 7] = True
+    for k in range(1, 20):
+        a = f.clone().requires_grad_(True)
+        (auto,) = torch.autograd.grad(tkmlapt_loss(a, t, k).sum(), a)
+        assert torch.equal(tkmlapt_grad(f, t, k), auto), k
+
+
+def test_tkmlapt_loss_pushes_non_targets_above_the_kth_score_down() -> None:
+    """k = 2, T = {2, 3}: label 1 holds the k-th place; the target 3 is below it, the
+    non-target 0 above it. Known value and gradient by hand."""
+    f = torch.tensor([[4.0, 3.0, 3.5, 1.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([[0, 0, 1, 1, 0]])
+    # f_[2] = 3.5 (label 2, a target): pull (3.5 − 1) on label 3, push (4 − 3.5) on label 0
+    assert tkmlapt_loss(f, t, 2).item() == pytest.approx(2.5 + 0.5)
+    # −1 on the target below, +1 on the non-target above; on the k-th label +1 − 1 = 0
+    assert tkmlapt_grad(f, t, 2).tolist() == [[1.0, 0.0, 0.0, -1.0, 0.0]]
+    # the tie term: (τ/2) Σ (1 − t_j f_j)², t = [−1, −1, 1, 1, −1]
+    tie = (0.5 / 2) * (25 + 16 + 6.25 + 0 + 1)
+    assert tkmlapt_loss(f, t, 2, tie=0.5).item() == pytest.approx(3.0 + tie)
+    f[0, 0] = 2.0  # the non-target drops out: label 1 holds the k-th place, pulled down
+    assert tkmlapt_grad(f, t, 2).tolist() == [[0.0, 1.0, 0.0, -1.0, 0.0]]
 
 
 def test_tkmlapt_batched_equals_one_by_one_and_meets_its_rule() -> None:
