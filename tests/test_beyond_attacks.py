@@ -206,6 +206,30 @@ def test_tkmlapt_iterates_are_the_sgd_reference() -> None:
         torch.testing.assert_close(res.adv_images[i : i + 1], ref, atol=1e-9, rtol=0)
 
 
+def test_tkmlapt_threshold_below_the_target_count_succeeds_once_t_targets_entered() -> None:
+    """|T| = 2, threshold 1: ``required`` is 1, success is "at least one target in the
+    top-k" on the returned image, that image is the SGD iterate after ``iterations`` steps
+    and the iterate one step earlier had no target in (the first success)."""
+    model = make_cnn(dtype=torch.float64)
+    x, y, _ = make_problem(model, 6, K, dtype=torch.float64)
+    t = _targets(model, x, 2).double()
+    res = TkMLAPT(model, K, lr=50.0, lam=1e-5, max_iter=25)(x, y, t, threshold=1)
+    assert torch.equal(res.required, torch.ones(6, dtype=res.required.dtype))
+    with torch.no_grad():
+        entered = (topk_mask(model(res.adv_images), K) & t.bool()).sum(dim=1)
+    assert torch.equal(entered >= 1, res.success)
+    assert res.success.all() and (entered == 1).any()  # one of the two targets suffices
+    for i in range(6):
+        it = int(res.iterations[i])
+        assert it >= 1
+        loss = lambda f, i=i: tkmlapt_loss(f, t[i : i + 1], K)  # noqa: E731
+        ref = sgd_reference(model, x[i : i + 1], loss, 50.0, 1e-5, it)
+        torch.testing.assert_close(res.adv_images[i : i + 1], ref, atol=1e-9, rtol=0)
+        before = sgd_reference(model, x[i : i + 1], loss, 50.0, 1e-5, it - 1)
+        with torch.no_grad():
+            assert int((topk_mask(model(before), K) & t[i : i + 1].bool()).sum()) == 0
+
+
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
