@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPT, TkMLAPU
 from tkmia.attacks.pixels import quantize
@@ -105,6 +106,59 @@ def test_quantised_success_of_the_baselines_survives_8_bits(cls) -> None:
     assert res.success.any()
     assert torch.equal(res.adv_images, quantize(res.adv_images, 8))
     assert torch.equal(cls(model, K, **kw).rescore(res.adv_images, res, y), res.success)
+
+
+class _MeanOverTheta(nn.Module):
+    """Two labels: ``f_0 = 100·mean(x)``, ``f_1 = 100·θ`` with θ = 126.8/255, off the 8-bit
+    grid: label 0 leaves the top-1 once the mean pixel is below θ, and an iterate between
+    126.5/255 and θ succeeds while its 8-bit image (127/255) does not."""
+
+    theta = (127 - 0.2) / 255
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(dim=1)
+        return 100 * torch.stack([m, torch.full_like(m, self.theta)], dim=1)
+
+
+def _mean_over_theta_case():
+    model = _MeanOverTheta()
+    x = torch.full((1, 1, 2, 2), (127 + 0.1) / 255, dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    kw = {"lr": 1e-5, "lam": 0.0, "max_iter": 100}
+    return model, x, y, kw
+
+
+def test_quantised_success_is_judged_on_the_8_bit_image_where_rounding_flips_it() -> None:
+    """Steps smaller than an 8-bit level: the first iterate past θ succeeds, but its 8-bit
+    image rounds back above θ and fails. With ``quantize=8`` success is judged on
+    ``q(x')``: a later iterate (below 126.5/255) is the first success, and its returned
+    8-bit image, 126/255, succeeds when scored again."""
+    model, x, y, kw = _mean_over_theta_case()
+    plain = TkMLAPU(model, 1, **kw)(x, y, y)
+    assert plain.success.item()
+    assert torch.equal(quantize(plain.adv_images, 8), torch.full_like(x, 127 / 255))
+    with torch.no_grad():
+        assert model(quantize(plain.adv_images, 8))[0].argmax().item() == 0  # rounding flips
+    res = TkMLAPU(model, 1, quantize=8, **kw)(x, y, y)
+    assert res.success.item() and res.iterations.item() > plain.iterations.item()
+    assert torch.equal(res.adv_images, torch.full_like(x, 126 / 255))
+    with torch.no_grad():
+        torch.testing.assert_close(model(res.adv_images), res.adv_scores, rtol=0, atol=0)
+    assert TkMLAPU(model, 1, **kw).rescore(res.adv_images, res, y).item()
+
+
+def test_runners_8_bit_success_scores_the_8_bit_image() -> None:
+    """``success_uint8`` of the records: the un-quantised attack's success, re-measured on
+    ``round(255·x')/255``, is False where rounding flips it (and True for the attack that
+    judged on the 8-bit image)."""
+    from tkmia.experiments.runner import quantised_success
+
+    model, x, y, kw = _mean_over_theta_case()
+    atk = TkMLAPU(model, 1, **kw)
+    plain = atk(x, y, y)
+    assert plain.success.item() and not quantised_success(atk, plain, y).item()
+    q_atk = TkMLAPU(model, 1, quantize=8, **kw)
+    assert quantised_success(q_atk, q_atk(x, y, y), y).item()
 
 
 @pytest.mark.parametrize(
