@@ -134,10 +134,15 @@ def kfool_loop_reference(model, x, y, s, k: int, max_iter: int):
     return False, steps, xa.detach()
 
 
-def tkmlapt_loop(f: list[float], t: list[int], k: int) -> float:
-    """TkML-AP-T's loss of one sample (SPEC §7.3): ``Σ_{j∈T} max(f_[k] − f_j, 0)``."""
+def tkmlapt_loop(f: list[float], t: list[int], k: int, tie: float = 0.0) -> float:
+    """TkML-AP-T's loss of one sample (SPEC §7.3), term by term:
+    ``Σ_{j∈T} max(f_[k] − f_j, 0) + Σ_{j∉T} max(f_j − f_[k], 0) + (τ/2) Σ_j (1 − t_j f_j)²``
+    with ``t_j = +1`` on the targets and ``−1`` elsewhere."""
     kth = sorted(f, reverse=True)[k - 1]
-    return sum(max(kth - f[j], 0.0) for j in range(len(f)) if t[j])
+    pull = sum(max(kth - f[j], 0.0) for j in range(len(f)) if t[j])
+    push = sum(max(f[j] - kth, 0.0) for j in range(len(f)) if not t[j])
+    sign = [1.0 if t[j] else -1.0 for j in range(len(f))]
+    return pull + push + tie / 2 * sum((1 - sign[j] * f[j]) ** 2 for j in range(len(f)))
 
 
 _N01 = NormalDist()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPU
+from tkmia.attacks import MLCWU, KFool, TkMIA, TkMLAPT, TkMLAPU
 from tkmia.attacks.loss import sgd_step
 from tkmia.attacks.pixels import EPS, PixelMap, to_pixels
 from tkmia.errors import InputError
@@ -334,6 +334,52 @@ def test_kfool_stops_when_no_target_is_left_in_top_k() -> None:
     assert (res.success | no_target_left | (res.iterations == 50)).all()
 
 
+def test_kfool_stops_before_max_iter_once_every_target_left_the_top_k() -> None:
+    """Targets S, Y = the clean top-3 = the clean top-k: with ``success="preserve"`` an
+    iterate where S has left the top-k has not succeeded (an irrelevant label took its
+    place), and kFool stops the sample there, at the first such iterate (where the paper's
+    rule, on the same iterates, succeeds), well before ``max_iter``."""
+    model = make_cnn(dtype=torch.float64)
+    x, y, s = make_problem(model, 8, K, n_relevant=K, n_specified=1, dtype=torch.float64)
+    kw = {"max_iter": 60, "baseline_targets": "specified"}
+    res = KFool(model, K, success="preserve", **kw)(x, y, s)
+    paper = KFool(model, K, **kw)(x, y, s)
+    top = res.adv_scores.topk(K, dim=1).indices
+    gone = ~s.bool().gather(1, top).any(1)
+    assert gone.sum() >= 4 and not res.success.any()
+    assert (res.iterations[gone] < 60).all()
+    assert paper.success[gone].all()
+    assert torch.equal(res.iterations[gone], paper.iterations[gone])
+
+
+class _LinearInPixels(nn.Module):
+    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.w, self.b = w, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def test_kfool_a_step_negative_on_every_pixel_is_not_a_stall() -> None:
+    """f linear in the pixels, g = W_1 − W_0 = −1 on every pixel, clean pixels 0.5: every
+    step lowers every (unsaturated) pixel, and the boundary (pixels at 0.25) is only
+    approached (the tanh map shrinks each step), so kFool runs to ``max_iter`` as the
+    reference loop does; a stall check that only sees positive steps would stop it after
+    one."""
+    d = 12
+    w = torch.stack([torch.full((d,), 0.5), torch.full((d,), -0.5), torch.zeros(d)]).double()
+    model = _LinearInPixels(w, torch.tensor([0.0, 3.0, -10.0], dtype=torch.float64))
+    x = torch.full((1, 3, 2, 2), 0.5, dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    res = KFool(model, 1, max_iter=10)(x, y, y)
+    ok, steps, image = kfool_loop_reference(model, x, y[0], y[0], 1, 10)
+    assert (ok, steps) == (False, 10)
+    assert not res.success.item() and res.iterations.item() == 10
+    torch.testing.assert_close(res.adv_images, image, rtol=0, atol=1e-12)
+    assert ((res.adv_images > 0.25) & (res.adv_images < 0.3)).all()
+
+
 @pytest.mark.parametrize("linearize", ["image", "tanh"])
 @pytest.mark.parametrize("batch_size", [None, 1])
 def test_kfool_stalled_samples_stop_with_the_result_of_max_iter(batch_size, linearize) -> None:
@@ -626,22 +672,42 @@ def test_an_attack_gives_the_model_back_its_own_mode(name) -> None:
     assert torch.equal(res.iterations, expected.iterations)
 
 
-@pytest.mark.parametrize("cls", [TkMIA, TkMLAPU, MLCWU, KFool])
+#: the tuned defaults (docs/benchmark.md, docs/beyond-the-paper.md), written out: a changed
+#: default must be a deliberate change of this table too
+_TUNED = {
+    TkMIA: {"lr": 1e-4, "lam": 1e-3, "max_iter": 300},
+    TkMLAPU: {"lr": 5e-4, "lam": 1e-3, "max_iter": 300},
+    MLCWU: {"lr": 5e-4, "lam": 1e-3, "max_iter": 300},
+    KFool: {"max_iter": 300, "overshoot": 0.0, "linearize": "image"},
+    TkMLAPT: {"lr": 5e-4, "lam": 1e-3, "max_iter": 300, "tie": 0.0},
+}
+
+
+@pytest.mark.parametrize("cls", list(_TUNED), ids=lambda c: c.__name__)
 def test_attacks_run_with_their_tuned_defaults_from_the_registry(cls) -> None:
-    """``cls(model, k)`` works, with the registry's defaults (one source of truth)."""
+    """``cls(model, k)`` has the tuned defaults, the registry has the same (one source of
+    truth), and ``cls(model, k)`` runs."""
     import inspect
 
     from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY
 
     spec = next(s for s in REGISTRY.values() if s.cls is cls)
+    want = _TUNED[cls] | {"success_rule": "paper", "quantize": 0}
+    assert dict(spec.defaults) == want
     params = inspect.signature(cls).parameters
     keyword = {h: params[HYPERPARAMETERS[h].arg].default for h in spec.takes}
     # a keyword default None (quantize) is the hyper-parameter's implicit value (0: off)
     implicit = {h: HYPERPARAMETERS[h].implicit for h, v in keyword.items() if v is None}
-    assert keyword | implicit == dict(spec.defaults)
+    assert keyword | implicit == want
     model = make_cnn()
     x, y, s = make_problem(model, 2, K)
-    res = cls(model, K)(x, y, s)
+    atk = cls(model, K)
+    assert {h: getattr(atk, h) for h in _TUNED[cls]} == _TUNED[cls]
+    if cls is TkMLAPT:
+        with torch.no_grad():
+            order = model(x).argsort(dim=1, descending=True)
+        s = torch.zeros_like(y).scatter_(1, order[:, -1:], 1.0)  # the last label: not in Y
+    res = atk(x, y, s)
     assert res.success.shape == (2,)
 
 

@@ -23,6 +23,7 @@ from tkmia.experiments.audit import (
     power_curves,
 )
 from tkmia.experiments.builtin import default_method
+from tkmia.experiments.records import read_records
 from tkmia.experiments.runner import RunConfig, run
 from tkmia.experiments.settings import MethodConfig, Setting
 from tkmia.reports.audit import CSV_COLUMNS
@@ -117,13 +118,15 @@ def results(tmp_path_factory):
     model = make_cnn()
     data = TopKDataset(model, n=12, seed=5)
     methods = [
-        MethodConfig("tkmia", max_iter=5, lr=5.0, lam=1e-3),
-        MethodConfig("kfool", max_iter=3, overshoot=0.0, linearize="image"),
+        MethodConfig("tkmia", max_iter=30, lr=5.0, lam=1e-3),  # succeeds on all 6 images
+        MethodConfig("kfool", max_iter=3, overshoot=0.0, linearize="image"),  # fails on all
     ]
     config = RunConfig("toy", "cnn", [Setting("random", 3, n=1)], methods, samples=6, seed=0,
                        batch_size=6, examples=0, extra={"classes": data.classes})  # fmt: skip
     out = tmp_path_factory.mktemp("audit")
     run(config, model, data, out, progress=False)
+    success = {p.stem: [r["success"] for r in read_records(p)] for p in out.rglob("*.jsonl")}
+    assert success == {"tkmia-lr5-lam0.001-it30": [True] * 6, "kfool-it3-os0-linimage": [False] * 6}
     return out
 
 
@@ -191,3 +194,56 @@ def test_records_without_the_statistics_name_the_columns(results, tmp_path, caps
     assert "not a tkmia results folder" in capsys.readouterr().err
     run_audit(old)  # the end of `tkmia run` on such a folder: a warning, not a failed run
     assert capsys.readouterr().err.startswith("tkmia run: warning: no audit: the records of")
+
+
+def _hand_records(n: int = 200) -> tuple[list[dict[str, object]], np.ndarray, np.ndarray]:
+    """``n`` hand-made records: every other attack succeeded (with the clean values kept,
+    as a measure-imperceptible attack would), every failed one lowered each measure and
+    raised each label-free statistic by 1. Returns the records and the (S, n) clean and
+    adversarial values they hold."""
+    rng = np.random.default_rng(8)
+    clean = rng.normal(size=(len(STATISTICS), n)) * 0.3
+    success = np.arange(n) % 2 == 0
+    sign = np.array([-1.0 if not s.two_sided else 1.0 for s in STATISTICS])[:, None]
+    adv = clean + np.where(success, 0.0, 1.0) * sign
+    records = [
+        {"index": i, "success": bool(success[i])}
+        | {f"{s.name}_clean": float(clean[j, i]) for j, s in enumerate(STATISTICS)}
+        | {f"{s.name}_adv": float(adv[j, i]) for j, s in enumerate(STATISTICS)}
+        for i in range(n)
+    ]
+    return records, clean, adv
+
+
+def test_audit_reads_clean_and_adversarial_values_of_every_attacked_image() -> None:
+    """Hand-made records with known shifts: the audit's adversarial values are the
+    records' ``*_adv`` ones, failed attacks included (SPEC §7.5: they are what the attacker
+    sends), its clean values the ``*_clean`` ones; the measures' monitors (alarm when the
+    mean drops) see the failed attacks' drop: finite p80, power 1 with every image
+    attacked."""
+    from tkmia.experiments.audit import group_values
+    from tkmia.experiments.summary import RecordGroup
+
+    records, clean, adv = _hand_records()
+    setting = Setting("random", 3, n=1)
+    group = group_values(RecordGroup(setting, default_method("tkmia"), 0, 0, records))
+    np.testing.assert_array_equal(group.clean, clean)
+    np.testing.assert_array_equal(group.adv, adv)
+    rows = audit_groups([group], batch_sizes=[50], draws=300, threshold_draws=900)
+    for row in rows:
+        # half the images attacked move the batch mean by 0.5 · p: p80 well inside the grid
+        assert row.p80 <= 0.5, row.statistic
+        assert row.power_at(1.0) == 1.0, row.statistic
+
+
+def test_the_audits_bootstrap_follows_its_seed(results, tmp_path) -> None:
+    """``tkmia audit --seed``: the same seed gives the same power, another seed another."""
+
+    def power(seed: int) -> list[str]:
+        args = ["audit", str(results), "--batch-sizes", "50", "--draws", "100", "--no-figures"]
+        assert main([*args, "--seed", str(seed)]) == 0
+        return [r[c] for r in _csv(results / "audit.csv") for c in r if c.startswith("power")]
+
+    first = power(1)
+    assert power(1) == first
+    assert power(2) != first

@@ -86,7 +86,7 @@ def test_targeted_method_runs_on_the_targeted_settings_only(tmp_path) -> None:
     settings = [Setting("random", K, n=1), Setting("targeted", K, group="random", n=1)]
     methods = [
         MethodConfig("tkmia", lr=5.0, lam=1e-3, max_iter=10),
-        MethodConfig("tkmlapt", lr=50.0, lam=1e-5, max_iter=20),
+        MethodConfig("tkmlapt", lr=50.0, lam=1e-5, max_iter=20, tie=0.0),
     ]
     config = RunConfig("toy", "cnn", settings, methods, 6, 0, 6)
     rows = run(config, model, data, tmp_path, progress=False)

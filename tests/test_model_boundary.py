@@ -138,8 +138,18 @@ def test_normalized_raises_input_error(mean: Any, std: Any, match: str) -> None:
 
 
 def test_normalized_accepts_tuples_tensors_and_integers() -> None:
-    Normalized(nn.Identity(), (0.5, 0.5, 0.5), torch.tensor([0.2, 0.2, 0.2]))
-    Normalized(nn.Identity(), [0, 0, 0], [1, 1, 1])
+    """Each form is read as the numbers it holds: ``(x − mean) / std`` per channel."""
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mixed = Normalized(nn.Identity(), (0.5, 0.25, 0.0), torch.tensor([0.2, 0.5, 4.0]))
+    assert mixed.mean.flatten().tolist() == [0.5, 0.25, 0.0]
+    assert mixed.std.flatten().tolist() == pytest.approx([0.2, 0.5, 4.0])
+    want = (x - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.2, 0.5, 4.0]
+    ).view(1, 3, 1, 1)
+    torch.testing.assert_close(mixed(x), want)
+    ints = Normalized(nn.Identity(), [0, 1, 0], [1, 2, 1])
+    assert ints.mean.dtype == ints.std.dtype == torch.float32
+    torch.testing.assert_close(ints(x), torch.stack([x[:, 0], (x[:, 1] - 1) / 2, x[:, 2]], 1))
 
 
 def test_imagenet_weights_of_another_shape_are_an_input_error(tmp_path: Path) -> None:

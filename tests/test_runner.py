@@ -317,3 +317,39 @@ def test_normalize_is_the_wrapped_model(tmp_path) -> None:
 
     assert table(a) == table(b)
     assert any(r.attacked for r in a)
+
+
+@pytest.mark.parametrize("scheme", ["random", "targeted"])
+def test_each_images_draw_depends_on_its_index_only_not_on_samples_or_blocks(scheme) -> None:
+    """``first_eligible`` scores the split in blocks (of ``max(4·samples, 256)`` images); an
+    image's S2 draw (or random targets) is the one of ``(seed, its dataset index)``,
+    whatever ``samples`` asks for and wherever its block starts: the protocol's draw for
+    that image alone. One image in 8 is eligible, so 40 and 70 samples reach past the first
+    block (256 and 280 images)."""
+    from tkmia.experiments.plan import first_eligible
+    from tkmia.experiments.scoring import CleanScores
+    from tkmia.protocol import select_random, select_targets
+
+    from _toys import TopKDataset
+
+    model = make_cnn()
+    data = TopKDataset(model, 600, seed=4)  # Y = the clean top-5 of 10 labels
+    with torch.no_grad():
+        scores = model(data.images)
+    order = scores.argsort(dim=1, descending=True)
+    for i in range(600):
+        if i % 8:  # ineligible: S2 needs |Y| >= k + n, the targeted scheme n labels outside Y
+            keep = order[i, :1] if scheme == "random" else order[i, :-1]
+            data.labels[i] = torch.zeros(10).scatter_(0, keep, 1.0)
+    group = "random" if scheme == "targeted" else None
+    setting = Setting(scheme, K, group=group, n=2)
+    for samples in (40, 70):
+        indices, spec, _ = first_eligible(CleanScores(model, data, 64, "cpu"), setting, samples, 7)
+        assert indices == list(range(0, 8 * samples, 8))  # past the first block
+        for i, row in zip(indices, spec, strict=True):
+            one = (data.labels[i : i + 1], scores[i : i + 1], 2, K)
+            if scheme == "random":
+                alone, ok = select_random(*one, 7, [i])
+            else:
+                alone, ok = select_targets(*one, "random", 7, [i])
+            assert ok.item() and torch.equal(alone[0], row), (samples, i)

@@ -192,3 +192,75 @@ def test_experiments_never_import_reports_or_the_cli() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+#: each table header and the SummaryRow field under it, written out here (not read from
+#: tkmia.reports.tables), with the LaTeX header of the same column
+_UNDER = {
+    ("ΔTkAcc", r"$\Delta$TkAcc"): "d_tkacc",
+    ("ΔP@k", r"$\Delta$P@$k$"): "d_p_at_k",
+    ("ΔmAP@k", r"$\Delta$mAP@$k$"): "d_map_at_k",
+    ("ΔNDCG@k", r"$\Delta$NDCG@$k$"): "d_ndcg_at_k",
+    ("ΔN", r"$\Delta N$"): "delta_n",
+    ("APer", "APer"): "aper",
+    ("L∞", r"$L_\infty$"): "linf",
+    ("PSNR", "PSNR"): "psnr",
+    ("SSIM", "SSIM"): "ssim",
+    ("success", "success"): "success_rate",
+    ("success 8-bit", "success 8-bit"): "success_uint8",
+    ("iters", "iters"): "mean_iterations",
+    ("attacked", "attacked"): "attacked",
+    ("skipped", "skipped"): "skipped",
+}
+
+
+def _distinct_row(setting: Setting, config: MethodConfig, scale: float) -> SummaryRow:
+    """A row whose every column holds a different value (a swap of two columns shows)."""
+    return SummaryRow(
+        "digits", "builtin", setting, config, attacked=int(4 * scale), skipped=int(7 * scale),
+        success_rate=0.75 / scale, success_uint8=0.5 / scale, d_tkacc=0.1111 * scale,
+        d_p_at_k=0.2222 * scale, d_map_at_k=0.3333 * scale, d_ndcg_at_k=0.4444 * scale,
+        delta_n=1.5555 * scale, mean_specified=2.0, aper=0.6666 * scale, linf=0.0777 * scale,
+        psnr=48.88 * scale, ssim=0.9876 / scale, mean_iterations=12.25 * scale, seconds=3.0,
+    )  # fmt: skip
+
+
+def _table_rows(lines: list[str], sep: str, header_start: str) -> list[dict[str, str]]:
+    """The data rows of the tables in ``lines`` as ``{header: cell}``."""
+    out, header = [], None
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").removesuffix("\\\\").split(sep)]
+        if line.startswith(header_start):
+            header = cells[1:]
+        elif header and len(cells) == len(header) + 1 and not set(cells[1]) <= set("-:"):
+            out.append(dict(zip(header, cells[1:], strict=True)))
+    return out
+
+
+def test_every_table_cell_is_the_summary_value_under_its_header(tmp_path) -> None:
+    """summary.md and summary.tex as `tkmia report` writes them from a summary.csv: every
+    cell equals (to its printed digits) the SummaryRow field its header names."""
+    from tkmia.cli import main
+    from tkmia.experiments.summary import write_summary
+
+    rows = [
+        _distinct_row(S1, MethodConfig("tkmia", lr=1e-4, lam=1e-3, max_iter=300), 1.0),
+        _distinct_row(S1, MethodConfig("mlcwu", lr=5e-4, lam=1e-3, max_iter=300), 2.0),
+        _distinct_row(S2, MethodConfig("tkmia", lr=1e-4, lam=1e-3, max_iter=300), 3.0),
+    ]
+    write_summary(tmp_path, rows)
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "summary.md").read_text().splitlines()
+    tex = (tmp_path / "summary.tex").read_text().splitlines()
+    for table, index in (
+        (_table_rows(md, "|", "| method"), 0),
+        (_table_rows(tex, "&", "Method"), 1),
+    ):
+        assert len(table) == len(rows)
+        for row, cells in zip(rows, table, strict=True):
+            assert len(cells) == len(_UNDER)
+            for headers, field in _UNDER.items():
+                value, cell = float(getattr(row, field)), cells[headers[index]]
+                digits = 2 if field in ("psnr", "mean_iterations") else 4
+                digits = 0 if field in ("attacked", "skipped") else digits
+                assert float(cell) == pytest.approx(value, abs=0.51 * 10**-digits), (field, cell)

@@ -177,9 +177,28 @@ def test_check_scheme_more_errors(args, match) -> None:
 
 
 def test_check_scheme_accepts_the_edges() -> None:
-    check_scheme("global", 19, 20, None, None)
-    check_scheme("random", 3, 20, 3, 3)
-    check_scheme("random", 3, 20, 1, None)
+    """Each edge is accepted (returns None, raises nothing) and the value just past it is
+    refused: k = c − 1 but not c, n = k and n = 1 but not k + 1 or 0, t = n but not n + 1."""
+    accepted = [
+        ("global", 19, 20, None, None),
+        ("global", 1, 20, None, None),
+        ("random", 3, 20, 3, 3),
+        ("random", 3, 20, 3, 1),
+        ("random", 3, 20, 1, None),
+        ("targeted", 3, 20, 3, None),
+    ]
+    assert [check_scheme(*args) for args in accepted] == [None] * len(accepted)
+    refused = [
+        ("global", 20, 20, None, None),
+        ("global", 0, 20, None, None),
+        ("random", 3, 20, 4, None),
+        ("random", 3, 20, 0, None),
+        ("random", 3, 20, 3, 4),
+        ("targeted", 3, 20, 4, None),
+    ]
+    for args in refused:
+        with pytest.raises(InputError):
+            check_scheme(*args)
 
 
 def test_check_scheme_without_the_class_count_leaves_k_below_c_for_later() -> None:

@@ -127,19 +127,37 @@ def tkmlap_loss(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Te
     return average_top_k(masked_max(scores, targets) - scores, c - k)
 
 
-def tkmlapt_loss(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """TkML-AP-T (SPEC §7.3): ``Σ_{j∈T} [f_[k] − f_j]_+``: every target enters the top-k.
+def _signs(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(B, c)`` in ``scores``' dtype: ``+1`` on the targets, ``−1`` on every other label."""
+    return targets.to(scores.dtype).mul(2).sub_(1)
+
+
+def tkmlapt_loss(
+    scores: torch.Tensor, targets: torch.Tensor, k: int, tie: float = 0.0
+) -> torch.Tensor:
+    """TkML-AP-T (SPEC §7.3): ``Σ_j [t_j (f_[k] − f_j)]_+ + (τ/2) Σ_j (1 − t_j f_j)²``.
+
+    ``t_j = +1`` on the targets and ``−1`` on every other label, so the first sum is
+    ``Σ_{j∈T} [f_[k] − f_j]_+ + Σ_{j∉T} [f_j − f_[k]]_+``: targets below the k-th largest
+    score are pulled up and every non-target above it is pushed down (the target terms
+    alone stall for ``|T| >= 2``: a target at the k-th place *is* ``f_[k]``). The second
+    sum is the official code's optional tie term (``tie = τ``, 0 turns it off).
 
     Args:
         scores: ``(B, c)`` logits ``f``.
         targets: ``(B, c)`` 0/1 (or bool), the labels ``T`` to bring into the top-k.
         k: the top-k size, ``1 <= k < c``; ``f_[k]`` is the k-th largest score.
+        tie: the weight ``τ >= 0`` of the tie term.
 
     Returns:
         ``(B,)`` per-sample loss, differentiable in ``scores``.
     """
+    t = _signs(scores, targets)
     kth = scores.topk(k, dim=1).values[:, -1:]
-    return ((kth - scores).clamp(min=0) * targets.to(scores.dtype)).sum(dim=1)
+    loss = (t * (kth - scores)).clamp(min=0).sum(dim=1)
+    if tie:
+        loss = loss + (tie / 2) * (1 - t * scores).square().sum(dim=1)
+    return loss
 
 
 def mlcw_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -216,19 +234,27 @@ def tkmlap_grad(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Te
     return _hide_grad(scores, targets, k, _top_mask(scores, k))
 
 
-def tkmlapt_grad(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """Gradient ``(B, c)`` of ``tkmlapt_loss(scores, targets, k).sum()`` w.r.t. ``scores``:
-    ``−1`` on every target below the k-th largest score (hinge active), and their number
-    on the label that holds the k-th place (:func:`torch.topk`'s at ties).
+def tkmlapt_grad(
+    scores: torch.Tensor, targets: torch.Tensor, k: int, tie: float = 0.0
+) -> torch.Tensor:
+    """Gradient ``(B, c)`` of ``tkmlapt_loss(scores, targets, k, tie).sum()`` w.r.t.
+    ``scores``: ``−t_j`` on every label whose hinge is active (``t_j (f_[k] − f_j) > 0``:
+    a label tied with ``f_[k]`` is not, as autograd's ``clamp`` has it), the sum of those
+    ``t_j`` on the label that holds the k-th place (:func:`torch.topk`'s at ties), plus
+    ``τ (f_j − t_j)`` from the tie term.
 
     Takes the arguments of :func:`tkmlapt_loss`.
 
     Returns:
         ``(B, c)`` in ``scores``' dtype.
     """
+    t = _signs(scores, targets)
     kth_index = scores.topk(k, dim=1).indices[:, -1:]
-    active = (targets.bool() & (scores < scores.gather(1, kth_index))).to(scores.dtype)
-    return active.neg().scatter_add_(1, kth_index, active.sum(dim=1, keepdim=True))
+    active = t * (t * (scores.gather(1, kth_index) - scores) > 0)
+    grad = active.neg().scatter_add_(1, kth_index, active.sum(dim=1, keepdim=True))
+    if tie:
+        grad.add_(scores - t, alpha=tie)
+    return grad
 
 
 def mlcw_grad(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from tkmia.attacks.base import Normalize
+from tkmia.attacks.checks import check_number
 from tkmia.attacks.loss import LossAttack
 from tkmia.attacks.state import SampleState
+from tkmia.errors import InputError
 from tkmia.losses import tkmlapt_grad, tkmlapt_loss
 
 __all__ = ["TkMLAPT"]
 
 
 class TkMLAPT(LossAttack):
-    """Bring every target label into the top-k: minimises ``Σ_{j∈T} [f_[k] − f_j]_+``.
+    """Bring every target label into the top-k: minimises SPEC §7.3's
+    ``Σ_j [t_j (f_[k] − f_j)]_+ + (τ/2) Σ_j (1 − t_j f_j)²`` (``t_j = +1`` on the targets,
+    ``−1`` elsewhere: targets below the k-th score are pulled up, non-targets above it
+    pushed down; ``tie = τ``, default 0, is the official code's optional tie term).
 
     Called as ``atk(images, labels, targets)``: ``targets`` ``(B, c)`` 0/1 holds, per
     sample, ``1 <= |T| <= k`` labels outside the relevant set Y (``tkmia.protocol.
@@ -46,11 +53,15 @@ class TkMLAPT(LossAttack):
         normalize: Normalize | None = None,
         success: str = "paper",
         quantize: int | None = None,
+        tie: float = 0.0,
     ) -> None:
         super().__init__(model, k, lr, lam, max_iter, penalty, normalize, success, quantize)
+        self.tie = check_number("tie", tie, allow_zero=True)
+        if not math.isfinite(self.tie):
+            raise InputError(f"tie must be a finite number >= 0, got {tie!r}")
 
     def objective(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
-        return tkmlapt_loss(scores, state.specified, self.k)
+        return tkmlapt_loss(scores, state.specified, self.k, self.tie)
 
     def objective_grad(self, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
-        return tkmlapt_grad(scores, state.specified, self.k)
+        return tkmlapt_grad(scores, state.specified, self.k, self.tie)

@@ -161,6 +161,16 @@ HYPERPARAMETERS: Mapping[str, HyperParameter] = MappingProxyType(
             choices=LINEARIZE,
             optional_column=True,
         ),
+        "tie": HyperParameter(
+            "tie",
+            "tie",
+            float,
+            "TkML-AP-T: weight τ of the official code's tie term (τ/2)·Σ_j (1 − t_j f_j)² "
+            "(SPEC §7.3; 0: off)",
+            "a finite number >= 0 (0 turns the tie term off)",
+            lambda v: _finite(v) and v >= 0,  # type: ignore[operator]
+            optional_column=True,
+        ),
         "success_rule": HyperParameter(
             "success_rule",
             "succ",
@@ -269,7 +279,15 @@ _METHODS: dict[str, MethodSpec] = {
             legacy={"overshoot": 0.02, "linearize": "tanh"},
         ),
         MethodSpec("mlcwu", "ML-CW-U", MLCWU, _LOSS, True),
-        MethodSpec("tkmlapt", "TkML-AP-T", TkMLAPT, _LOSS, True, targeted=True),
+        MethodSpec(
+            "tkmlapt",
+            "TkML-AP-T",
+            TkMLAPT,
+            ("lr", "lam", "max_iter", "tie", *_BEYOND),
+            True,
+            legacy={"tie": 0.0},
+            targeted=True,
+        ),
     )
 }
 #: the built-in methods' names

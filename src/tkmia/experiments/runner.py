@@ -248,7 +248,8 @@ def _run_locked(job: _Run, skip_bad_images: bool) -> list[SummaryRow]:
             methods = [m for m in config.methods if m.runs_on(plan.setting)]
             write_setting(out, plan, methods, config.chunk)
         report_bad_images(plans, job.dataset)
-    job.stealth_iqr = setting_references(cache, plans, config.methods, out if dist.is_main else None)
+    writer = out if dist.is_main else None
+    job.stealth_iqr = setting_references(cache, plans, config.methods, writer)
     dist.barrier()
     for plan in plans:
         for method in config.methods:

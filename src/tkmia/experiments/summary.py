@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tkmia.errors import InputError
-from tkmia.experiments.methods import HYPERPARAMETERS
+from tkmia.experiments.methods import HYPERPARAMETERS, REGISTRY
 from tkmia.experiments.readback import is_universal, read_config, read_method, read_setting
 from tkmia.experiments.records import read_all_records, summarise
 from tkmia.experiments.settings import MethodConfig, Setting
@@ -39,10 +39,15 @@ MEASURE_COLUMNS = [
 ]  # fmt: skip
 #: every column a summary may have, in order (:func:`summary_columns`: those a file has)
 SUMMARY_COLUMNS = KEY_COLUMNS + MEASURE_COLUMNS
-#: the columns of a summary whose rows run every SPEC §7 option (``success_rule``,
-#: ``quantize``) at its implicit value, with kFool rows: the layout before they existed
+#: the columns of a summary of the paper's methods (no targeted one), with kFool rows and
+#: every SPEC §7 option (``success_rule``, ``quantize``) at its implicit value: the layout
+#: before those options existed
 PAPER_COLUMNS = [
-    c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETERS or HYPERPARAMETERS[c].implicit is None
+    c
+    for c in SUMMARY_COLUMNS
+    if c not in HYPERPARAMETERS
+    or HYPERPARAMETERS[c].implicit is None
+    and any(c in spec.takes for spec in REGISTRY.values() if not spec.targeted)
 ]
 #: columns that measure time, not results: they differ between identical runs.
 TIMING_COLUMNS = ("seconds",)
