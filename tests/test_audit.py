@@ -240,7 +240,7 @@ def test_the_audits_bootstrap_follows_its_seed(results, tmp_path) -> None:
     """``tkmia audit --seed``: the same seed gives the same power, another seed another."""
 
     def power(seed: int) -> list[str]:
-        args = ["audit", str(results), "--batch-sizes", "50", "--draws", "100", "--no-figures"]
+        args = ["audit", str(results), "--batch-sizes", "6", "--draws", "100", "--no-figures"]
         assert main([*args, "--seed", str(seed)]) == 0
         return [r[c] for r in _csv(results / "audit.csv") for c in r if c.startswith("power")]
 

@@ -25,4 +25,4 @@ def test_the_help_description_is_whole(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "`tkmia universal`, `tkmia audit`." in out
+    assert "`tkmia audit`, `tkmia evaluate`, `tkmia certify`." in out

@@ -20,7 +20,7 @@ from tkmia.experiments.evaluate import (
     evaluate,
     robust_rows,
 )
-from tkmia.experiments.records import read_records
+from tkmia.experiments.records import check_indexed, read_records
 
 from _toys import make_cnn
 
@@ -48,6 +48,11 @@ class _Toy:
         return self.x[i], self.y[i]
 
 
+def _records(path):  # noqa: ANN001, ANN202
+    """An evaluation records file, read back with the check every record passes."""
+    return read_records(path, check=check_indexed)
+
+
 def _config(**kw: object) -> EvaluateConfig:
     base: dict[str, object] = dict(
         dataset="toy", model="cnn", split="test", k=K, norm="linf",
@@ -71,7 +76,7 @@ def test_monotone_in_eps_and_the_ensemble_is_at_most_each_attack(
     out, config = folder
     per_attack = {}
     for name in config.attacks:
-        recs = read_records(out / "records" / f"{name}.jsonl")
+        recs = _records(out / "records" / f"{name}.jsonl")
         assert sorted(r["index"] for r in recs) == list(range(5))
         for r in recs:
             assert r["hits"] == sorted(r["hits"], reverse=True)  # never rises with ε
@@ -100,7 +105,7 @@ def test_monotone_in_eps_and_the_ensemble_is_at_most_each_attack(
 
 def test_robust_measures_from_the_records_by_hand(folder: tuple[Path, EvaluateConfig]) -> None:
     out, config = folder
-    recs = read_records(out / "records" / "square.jsonl")
+    recs = _records(out / "records" / "square.jsonl")
     rows = [r for r in robust_rows(out, config) if r.attack == "square"]
     for j, row in enumerate(rows):
         hits = [r["hits"][j] for r in recs]
@@ -126,8 +131,8 @@ def test_resume_and_equal_seeds_give_the_same_records(
             return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in recs),
                           key=lambda r: r["index"])  # fmt: skip
 
-        mine = strip(read_records(again / "records" / f"{name}.jsonl"))
-        theirs = strip(read_records(out / "records" / f"{name}.jsonl"))
+        mine = strip(_records(again / "records" / f"{name}.jsonl"))
+        theirs = strip(_records(out / "records" / f"{name}.jsonl"))
         assert len(mine) == len(theirs) == 5
         for a, b in zip(mine, theirs, strict=True):
             assert a["hits"] == b["hits"] and a["queries"] == b["queries"]
@@ -212,5 +217,5 @@ def test_the_evaluation_keeps_the_curve_monotone_whatever_the_attack_finds(
     config = _config(attacks=("apgd-margin",), samples=3)
     monkeypatch.setattr(module, "build_attack", lambda *a: _Erratic(config.eps[0]))
     evaluate(config, make_cnn(C), _Toy(), tmp_path)
-    for rec in read_records(tmp_path / "records" / "apgd-margin.jsonl"):
+    for rec in _records(tmp_path / "records" / "apgd-margin.jsonl"):
         assert rec["found"] == [0, 2, 2] and rec["hits"] == [0, 0, 0]

@@ -1,10 +1,10 @@
 """The `tkmia` command line: `tkmia run`, `tkmia train`, `tkmia report`, `tkmia inspect`,
-`tkmia universal`, `tkmia audit`, `tkmia evaluate`.
+`tkmia universal`, `tkmia audit`, `tkmia evaluate`, `tkmia certify`.
 
 One module per command (:mod:`tkmia.cli.run`, :mod:`tkmia.cli.train`,
 :mod:`tkmia.cli.report`, :mod:`tkmia.cli.inspect`, :mod:`tkmia.cli.universal`,
-:mod:`tkmia.cli.audit`, :mod:`tkmia.cli.evaluate`), each with ``add_parser(sub)`` and
-``command(args) -> int``.
+:mod:`tkmia.cli.audit`, :mod:`tkmia.cli.evaluate`, :mod:`tkmia.cli.certify`), each with
+``add_parser(sub)`` and ``command(args) -> int``.
 User mistakes become one line on stderr and exit code 2, never a traceback.
 """
 

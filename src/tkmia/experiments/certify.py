@@ -28,7 +28,7 @@ from torch import nn
 from tkmia.certificate import certified_intersection, label_bounds
 from tkmia.data.common import LabelledDataset
 from tkmia.errors import InputError
-from tkmia.experiments.records import append_records, read_records
+from tkmia.experiments.records import append_records, check_indexed, read_records
 from tkmia.experiments.results_dir import check_out_dir
 from tkmia.files import write_text_atomic
 from tkmia.models.smoothed import Smoothed
@@ -99,6 +99,25 @@ class CertifyRow:
     images: int
 
 
+def _check_record(record: Any) -> str:
+    """What is wrong with a certify record read back (``""``: nothing): ``counts`` a list
+    of counts, and ``relevant`` (when present) a list of label indices."""
+    problem = check_indexed(record)
+    if problem:
+        return problem
+    for key in ("counts", "relevant"):
+        value = record.get(key, [] if key == "relevant" else None)
+        if not (isinstance(value, list)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                        for v in value)):  # fmt: skip
+            return f"{key!r} is not a list of integers >= 0"
+    if not record["counts"]:
+        return "'counts' is empty"
+    if any(r >= len(record["counts"]) for r in record.get("relevant", [])):
+        return "'relevant' names a label beyond the counts"
+    return ""
+
+
 def _sigma_key(sigma: float) -> str:
     return f"sigma{sigma:g}"
 
@@ -144,7 +163,7 @@ def run_certify(
         raise InputError(f"no image of the {config.split!r} split has a relevant label")
     for sigma in config.sigmas:
         path = out / "records" / f"{_sigma_key(sigma)}.jsonl"
-        done = {int(rec["index"]) for rec in read_records(path, repair=True)}
+        done = {int(r["index"]) for r in read_records(path, True, _check_record)}
         todo = [i for i in indices if i not in done]
         smoothed = Smoothed(model, sigma, config.k_prime, config.n, config.batch, config.seed)
         started = time.perf_counter()
@@ -168,7 +187,7 @@ def run_certify(
 
 def _records(out: Path, sigma: float, indices: Sequence[int]) -> list[dict[str, Any]]:
     path = out / "records" / f"{_sigma_key(sigma)}.jsonl"
-    by_index = {int(rec["index"]): rec for rec in read_records(path)}
+    by_index = {int(rec["index"]): rec for rec in read_records(path, check=_check_record)}
     return [by_index[i] for i in indices]
 
 
@@ -266,7 +285,7 @@ def attack_smoothed(
                          config.seed + JUDGE_SEED)  # fmt: skip
         for j, radius in enumerate(sorted(radii)):
             path = out / "records" / f"attack-{_sigma_key(sigma)}-r{radius:g}.jsonl"
-            done = {int(rec["index"]) for rec in read_records(path, repair=True)}
+            done = {int(r["index"]) for r in read_records(path, True, _check_record)}
             todo = [i for i in indices if i not in done]
             attack = APGD(SmoothedScores(model, sigma, EOT_DRAWS, config.seed), config.k,
                           "l2", iterations=ATTACK_ITERATIONS, seed=config.seed)  # fmt: skip
@@ -278,7 +297,7 @@ def attack_smoothed(
                 counts = judge.counts(adv, ids=part).cpu()
                 append_records(path, [{"index": i, "counts": counts[n].tolist()}
                                       for n, i in enumerate(part)])  # fmt: skip
-            judged = {int(r["index"]): r["counts"] for r in read_records(path)}
+            judged = {int(r["index"]): r["counts"] for r in read_records(path, check=_check_record)}
             kept = np.array([_smoothed_hits(judged[rec["index"]], rec["relevant"], config.k)
                              for rec in clean])  # fmt: skip
             rows.append(EmpiricalRow(

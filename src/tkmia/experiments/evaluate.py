@@ -26,7 +26,7 @@ from torch import nn
 from tkmia.attacks.budget import APGD, Square, worst_case
 from tkmia.data.common import LabelledDataset
 from tkmia.errors import InputError
-from tkmia.experiments.records import append_records, read_records
+from tkmia.experiments.records import append_records, check_indexed, read_records
 from tkmia.experiments.results_dir import check_out_dir
 from tkmia.metrics import l2_norm, linf_norm
 
@@ -163,10 +163,37 @@ def _attack_batch(
     ]  # fmt: skip
 
 
+def _check_record(record: Any) -> str:
+    """What is wrong with an evaluation record read back (``""``: nothing)."""
+    problem = check_indexed(record)
+    if problem:
+        return problem
+    eps = record.get("eps")
+    if not (isinstance(eps, list) and eps and all(_number(e) for e in eps)):
+        return "'eps' is not a list of numbers"
+    for key in ("hits", "found", "queries"):
+        value = record.get(key)
+        if not (isinstance(value, list) and len(value) == len(eps)
+                and all(_count(v) for v in value)):  # fmt: skip
+            return f"{key!r} is not a list of {len(eps)} counts, one per eps"
+    for key in ("n_relevant", "clean_hits"):
+        if not _count(record.get(key)):
+            return f"{key!r} is not a count (an integer >= 0)"
+    return ""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _done(path: Path, eps: Sequence[float]) -> set[int]:
     """The images a records file already holds (for this grid: else an error)."""
     done = set()
-    for rec in read_records(path, repair=True):
+    for rec in read_records(path, repair=True, check=_check_record):
         if [float(e) for e in rec["eps"]] != list(eps):
             raise InputError(f"{str(path)!r} holds records of another --eps grid")
         done.add(int(rec["index"]))
@@ -207,7 +234,8 @@ def evaluate(
 
 
 def _records(out: Path, name: str, n: int) -> dict[int, dict[str, Any]]:
-    recs = {int(r["index"]): r for r in read_records(out / "records" / f"{name}.jsonl")}
+    path = out / "records" / f"{name}.jsonl"
+    recs = {int(r["index"]): r for r in read_records(path, check=_check_record)}
     return {i: r for i, r in recs.items() if i < n}
 
 

@@ -75,6 +75,14 @@ _UNIVERSAL_KEYS = {
     "eps": (lambda v: isinstance(v, list) and all(isinstance(e, (int, float)) for e in v),
             "a list of numbers"),
 }  # fmt: skip
+#: the keys of a `tkmia evaluate` or `tkmia certify` folder (their own modules check the
+#: rest: every key there must match the command line's, see ``results_dir._mismatch``)
+_OTHER_KEYS = {
+    "dataset": (lambda v: isinstance(v, str), "a string"),
+    "model": (lambda v: isinstance(v, str), "a string"),
+}
+#: the commands whose folders hold a ``"command"`` key, and their required keys
+_COMMAND_KEYS = {"universal": _UNIVERSAL_KEYS, "evaluate": _OTHER_KEYS, "certify": _OTHER_KEYS}
 
 
 def is_universal(config: dict[str, Any]) -> bool:
@@ -98,13 +106,19 @@ def read_config(out: Path) -> dict[str, Any]:
             f"config file {str(path)!r} holds a JSON {type(config).__name__}, not an object; "
             f"{CONFIG_FIX}"
         )
-    required = _UNIVERSAL_KEYS if is_universal(config) else _RUN_KEYS
+    command = config.get("command")
+    if command is not None and command not in _COMMAND_KEYS:
+        raise InputError(
+            f"config file {str(path)!r}: 'command' {command!r} is none of "
+            f"{sorted(_COMMAND_KEYS)}; {CONFIG_FIX}"
+        )
+    required = _COMMAND_KEYS[command] if command is not None else _RUN_KEYS
     for key, (check, kind) in required.items():
         if key not in config:
             raise InputError(f"config file {str(path)!r} lacks {key!r}; {CONFIG_FIX}")
         if not check(config[key]):
             raise InputError(f"config file {str(path)!r}: {key!r} must be {kind}; {CONFIG_FIX}")
-    for key, (check, kind) in _RUN_OPTIONAL.items():
+    for key, (check, kind) in (_RUN_OPTIONAL if command is None else {}).items():
         if key in config and not check(config[key]):
             raise InputError(f"config file {str(path)!r}: {key!r} must be {kind}; {CONFIG_FIX}")
     return config

@@ -194,9 +194,12 @@ def _refuse_link(path: Path) -> None:
         )
 
 
-def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Records of a file, each checked (:func:`check_record`); a truncated last line (an
-    interrupted write: no newline at its end) is dropped.
+def read_records(
+    path: Path, repair: bool = False, check: Callable[[Any], str] | None = None
+) -> list[dict[str, Any]]:
+    """Records of a file, each checked (by ``check``: what is wrong with a record, ``""``
+    for nothing; default :func:`check_record`, a `tkmia run` record); a truncated last
+    line (an interrupted write: no newline at its end) is dropped.
 
     With ``repair=True`` the torn tail is also cut from the file, so that records
     appended by a resumed run start on a line of their own.
@@ -211,7 +214,7 @@ def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     records = [
-        _parse_line(line, path, number)
+        _parse_line(line, path, number, check or check_record)
         for number, line in enumerate(complete.split(b"\n"), start=1)
         if line.strip()
     ]
@@ -224,11 +227,13 @@ def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     return records
 
 
-def _parse_line(line: bytes, path: Path, number: int) -> dict[str, Any]:
+def _parse_line(
+    line: bytes, path: Path, number: int, check: Callable[[Any], str]
+) -> dict[str, Any]:
     """One line of a records file, decoded and checked."""
     try:
         record = json.loads(line.decode("utf-8"))
-        problem = check_record(record)
+        problem = check(record)
     except UnicodeDecodeError:
         problem = "it is not UTF-8 text"
     except json.JSONDecodeError as err:
@@ -263,6 +268,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def check_indexed(record: Any) -> str:
+    """What is wrong with a record of another command (``""``: nothing): it must be a JSON
+    object with an integer ``index`` >= 0."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    index = record.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return f"'index' is {_show(index)}, not an image index (an integer >= 0)"
+    return ""
+
+
 def check_record(record: Any) -> str:
     """What is wrong with one record read back (``""``: nothing).
 
@@ -270,11 +286,9 @@ def check_record(record: Any) -> str:
     ``success_uint8`` if present) and a number (NaN and infinities allowed) in each of the
     columns summaries are made of.
     """
-    if not isinstance(record, dict):
-        return f"it holds a JSON {type(record).__name__}, not an object"
-    index = record.get("index")
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        return f"'index' is {_show(index)}, not an image index (an integer >= 0)"
+    problem = check_indexed(record)
+    if problem:
+        return problem
     missing = [key for key in ("success", *_NUMBERS) if key not in record]
     if missing:
         return f"it lacks {', '.join(map(repr, missing[:3]))}" + (
