@@ -35,7 +35,8 @@ def low_success_advice(name: str, rate: float, images: int) -> str:
     ``images`` images."""
     return (
         f"{name} succeeded on {rate:.0%} of {images} images (below {LOW_SUCCESS:.0%}): try a "
-        "larger max_iter or lr (e.g. 10x; in Python atk.min_step = 3e-5), or check "
+        "larger max_iter, or for the loss-based attacks a larger lr (e.g. 10x; in Python "
+        "atk.min_step = 3e-5), or check "
         "the model with tkmia inspect (a wrong --normalize or --classes shows as a low "
         "test mAP); see docs/own-model.md"
     )
