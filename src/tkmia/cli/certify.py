@@ -11,8 +11,10 @@ from typing import Any
 from tkmia.cli.checks import check_device, check_writable, resolve_device
 from tkmia.cli.options import (
     NON_NEGATIVE,
+    NON_NEGATIVE_NUMBER,
     OPTIONS,
     POSITIVE,
+    POSITIVE_NUMBER,
     Check,
     Option,
     add_options,
@@ -22,14 +24,6 @@ from tkmia.cli.options import (
 )
 from tkmia.errors import InputError
 
-_POSITIVE_NUMBER = Check(
-    "a positive number",
-    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
-)
-_RADIUS = Check(
-    "a number >= 0",
-    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
-)
 _ALPHA = Check("a number in (0, 1)", lambda v: isinstance(v, float) and 0 < v < 1)
 #: the shipped built-in variant certified by default on digits (trained with this noise)
 NOISE_MODEL = "noise0.25"
@@ -45,7 +39,7 @@ CERTIFY_OPTIONS: tuple[Option, ...] = (
     OPTIONS["normalize"],
     OPTIONS["classes"],
     Option("sigma", float, "noise levels σ of the smoothing (pixels in [0, 1])", many=True,
-           default=[0.25, 0.5], check=_POSITIVE_NUMBER),
+           default=[0.25, 0.5], check=POSITIVE_NUMBER),
     Option("n", int, "noisy copies per image", default=1000, check=POSITIVE),
     Option("alpha", float, "failure probability of the bounds per image", default=0.001,
            check=_ALPHA),
@@ -53,10 +47,10 @@ CERTIFY_OPTIONS: tuple[Option, ...] = (
     Option("k_prime", int, "the base model's top-k' that is counted", default=1,
            check=POSITIVE),
     Option("radii", float, "L2 radii R of the certificate", many=True, default=DEFAULT_RADII,
-           check=_RADIUS),
+           check=NON_NEGATIVE_NUMBER),
     Option("attack_radii", float, "L2 radii at which the smoothed model is also attacked "
            "(tkmia evaluate's L2 APGD on Monte-Carlo smoothed scores), for the empirical "
-           "upper bound beside the certificate", many=True, default=[], check=_RADIUS),
+           "upper bound beside the certificate", many=True, default=[], check=NON_NEGATIVE_NUMBER),
     Option("samples", int, "images certified (the first with a relevant label)", default=100,
            check=POSITIVE),
     Option("batch_size", int, "noisy images per forward pass", default=500, check=POSITIVE),

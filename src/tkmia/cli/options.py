@@ -10,6 +10,7 @@ The hyper-parameter options come from the method registry's
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,14 @@ class Check:
 
 POSITIVE = Check("a positive integer", lambda v: _is_int(v) and v >= 1)
 NON_NEGATIVE = Check("a non-negative integer", lambda v: _is_int(v) and v >= 0)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+POSITIVE_NUMBER = Check("a positive number", lambda v: _is_number(v) and 0 < v < math.inf)
+NON_NEGATIVE_NUMBER = Check("a number >= 0", lambda v: _is_number(v) and 0 <= v < math.inf)
 
 
 @dataclass(frozen=True)

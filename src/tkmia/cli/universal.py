@@ -15,7 +15,7 @@ from tkmia.cli.options import (
     NON_NEGATIVE,
     OPTIONS,
     POSITIVE,
-    Check,
+    POSITIVE_NUMBER,
     Option,
     add_options,
     check_values,
@@ -28,10 +28,6 @@ from tkmia.experiments.builtin import DEFAULT_GROUPS
 _UNIVERSAL = {
     name: p.default for name, p in inspect.signature(Universal).parameters.items()
 }  # the attack's keyword defaults: one source of truth
-_POSITIVE_NUMBER = Check(
-    "a positive number",
-    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-)
 #: every option of `tkmia universal`: the shared ones of `tkmia run`, then its own
 UNIVERSAL_OPTIONS: tuple[Option, ...] = (
     *(OPTIONS[name] for name in ("config", "dataset", "root", "csv", "image_size", "model")),
@@ -39,14 +35,14 @@ UNIVERSAL_OPTIONS: tuple[Option, ...] = (
     Option("fit_split", help="split δ is fitted on", shown="train"),
     *(OPTIONS[name] for name in ("k", "groups")),
     Option("eps", float, "L2 radii of δ (pixels in [0, 1])", many=True,
-           default=[1.0, 2.0, 4.0, 8.0], check=_POSITIVE_NUMBER),
+           default=[1.0, 2.0, 4.0, 8.0], check=POSITIVE_NUMBER),
     Option("objectives", help="tkmia (universal TkMIA), tkmlapu (untargeted baseline)",
            many=True, default=list(OBJECTIVES), choices=tuple(OBJECTIVES)),
     Option("fit_samples", int, "eligible images δ is fitted on (the first)", default=2000,
            check=POSITIVE),
     Option("samples", int, "eligible images evaluated (the first)", default=1000, check=POSITIVE),
     Option("lr", float, "step length as a fraction of eps", default=_UNIVERSAL["lr"],
-           check=_POSITIVE_NUMBER),
+           check=POSITIVE_NUMBER),
     Option("epochs", int, "passes over the fitting images", default=_UNIVERSAL["epochs"],
            check=POSITIVE),
     Option("batch_size", int, "images per minibatch", default=_UNIVERSAL["batch_size"],
