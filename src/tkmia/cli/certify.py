@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable, resolve_device
+from tkmia.cli.checks import (
+    check_data_and_model,
+    check_writable,
+    open_data_and_model,
+    resolve_device,
+)
 from tkmia.cli.options import (
     NON_NEGATIVE,
     NON_NEGATIVE_NUMBER,
@@ -110,22 +115,15 @@ def certify_options(args: argparse.Namespace) -> CertifyOptions:
     Raises:
         InputError, MissingFileError: the first mistake found.
     """
-    from tkmia.cli.run import check_model_options
-    from tkmia.data.factory import DATASETS, EVAL_SPLIT
+    from tkmia.data.factory import EVAL_SPLIT
+    from tkmia.models.builtin import builtin_checkpoint_path
 
     opts = complete(resolve_options(args, CERTIFY_OPTIONS), CERTIFY_OPTIONS)
     check_values(opts, CERTIFY_OPTIONS)
     dataset = opts["dataset"]
-    if dataset not in DATASETS:
-        raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
-    check_device(opts["device"])
     if opts.get("model") is None and dataset == "digits":
-        from tkmia.models.builtin import builtin_checkpoint_path
-
         opts["model"] = str(builtin_checkpoint_path(NOISE_MODEL))
-    source = check_model_options(opts)
-    if source.kind == "builtin" and dataset != "digits":
-        raise InputError(f"dataset {dataset!r} needs --model (the built-in model is for digits)")
+    source = check_data_and_model(opts)
     out = Path(opts.get("out") or Path("results") / f"certify-{dataset}-{source.name}")
     check_writable(out)
     return CertifyOptions(
@@ -148,21 +146,15 @@ def command(args: argparse.Namespace) -> int:
     Raises:
         InputError, MissingFileError: a user mistake.
     """
-    from tkmia.data.digits import CANVAS
-    from tkmia.data.factory import DEFAULT_IMAGE_SIZE, open_dataset
     from tkmia.experiments.certify import CertifyConfig, attack_smoothed, run_certify
-    from tkmia.models import fit_model, open_model
     from tkmia.reports.certify import render_certify, render_empirical
 
     o = certify_options(args)
-    dataset = open_dataset(o.dataset, o.split, o.root, o.image_size, o.csv, seed=0)
-    classes = list(dataset.classes)
-    if o.k > len(classes) or o.k_prime > len(classes):
-        raise InputError(f"--k and --k-prime must be at most the {len(classes)} labels")
-    model, info = open_model(o.model, o.device, num_classes=len(classes),
-                             normalize=o.normalize, classes=o.classes)  # fmt: skip
-    size = o.image_size or DEFAULT_IMAGE_SIZE.get(o.dataset, CANVAS)
-    model = fit_model(model, info, classes, size, o.device, o.dataset)
+    model, dataset = open_data_and_model(o.dataset, o.split, o.root, o.image_size, o.csv,
+                                         o.model, o.normalize, o.classes, o.device)  # fmt: skip
+    c = len(dataset.classes)
+    if o.k > c or o.k_prime > c:
+        raise InputError(f"--k and --k-prime must be at most the {c} labels")
     config = CertifyConfig(
         o.dataset, o.model.name, o.split, o.sigmas, o.n, o.k_prime, o.seed, o.samples,
         o.batch_size, o.k, o.alpha, o.radii,

@@ -16,7 +16,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable, resolve_device
+from tkmia.cli.checks import (
+    check_data_and_model,
+    check_writable,
+    open_data_and_model,
+    resolve_device,
+)
 from tkmia.cli.options import (
     NON_NEGATIVE,
     OPTIONS,
@@ -121,23 +126,14 @@ def evaluate_options(opts: dict[str, Any]) -> EvaluateOptions:
     Raises:
         InputError, MissingFileError: the first mistake found.
     """
-    from tkmia.cli.run import check_model_options
-    from tkmia.data.factory import DATASETS, EVAL_SPLIT
+    from tkmia.data.factory import EVAL_SPLIT
 
     opts = complete(opts, EVALUATE_OPTIONS)
     check_values(opts, EVALUATE_OPTIONS)
     dataset = opts["dataset"]
-    if dataset not in DATASETS:
-        raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
     norm = opts["norm"]
     eps = sorted({parse_eps(e) for e in opts.get("eps") or []} or DEFAULT_EPS[norm])
-    check_device(opts["device"])
-    source = check_model_options(opts)
-    if source.kind == "builtin" and dataset != "digits":
-        raise InputError(
-            f"dataset {dataset!r} needs --model (the built-in model is for digits): a trained "
-            "checkpoint, a TorchScript or torch.export archive, or a factory"
-        )
+    source = check_data_and_model(opts)
     out = Path(opts.get("out") or Path("results") / f"evaluate-{dataset}-{source.name}-{norm}")
     check_writable(out)
     return EvaluateOptions(
@@ -166,17 +162,9 @@ def add_parser(sub: Any) -> None:
 
 def _open(options: EvaluateOptions) -> tuple[Any, Any]:
     """The model (checked against the dataset) and the dataset."""
-    from tkmia.data.digits import CANVAS
-    from tkmia.data.factory import DEFAULT_IMAGE_SIZE, open_dataset
-    from tkmia.models import fit_model, open_model
-
-    dataset = open_dataset(options.dataset, options.split, options.root, options.image_size,
-                           options.csv, seed=0)  # fmt: skip
-    classes = list(dataset.classes)
-    model, info = open_model(options.model, options.device, num_classes=len(classes),
-                             normalize=options.normalize, classes=options.classes)  # fmt: skip
-    size = options.image_size or DEFAULT_IMAGE_SIZE.get(options.dataset, CANVAS)
-    return fit_model(model, info, classes, size, options.device, options.dataset), dataset
+    o = options
+    return open_data_and_model(o.dataset, o.split, o.root, o.image_size, o.csv, o.model,
+                               o.normalize, o.classes, o.device)  # fmt: skip
 
 
 def command(args: argparse.Namespace) -> int:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tkmia.cli.checks import check_device, resolve_device
+from tkmia.cli.checks import check_device, check_model_options, resolve_device
 from tkmia.cli.options import OPTIONS, add_options, check_values, resolve_options
-from tkmia.cli.run import check_model_options
 from tkmia.errors import InputError
 
 #: the `run` options that `inspect` shares (same flags, same config keys)

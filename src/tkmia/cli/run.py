@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tkmia.cli.checks import check_device, check_writable, resolve_device
+from tkmia.cli.checks import check_data_and_model, check_writable, resolve_device
 from tkmia.cli.consistency import apply_implications, option_names
 from tkmia.cli.options import add_options, check_values, complete, resolve_options
 from tkmia.errors import InputError
@@ -177,25 +177,16 @@ def plan_run(opts: dict[str, Any]) -> RunPlan:
     Raises:
         InputError, MissingFileError: the first mistake found.
     """
-    from tkmia.data.factory import DATASETS
     from tkmia.experiments.selection import check_rule
 
     opts = complete(opts)
     check_values(opts)
     dataset = opts["dataset"]
-    if dataset not in DATASETS:
-        raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
+    source = check_data_and_model(opts)
     opts["methods"] = register_methods(opts.get("methods"), opts.get("set"))
     methods = build_methods(opts)
     check_grid(opts)
     check_rule("success", opts["select_tol"], opts["select_scope"])
-    check_device(opts["device"])
-    source = check_model_options(opts)
-    if source.kind == "builtin" and dataset != "digits":
-        raise InputError(
-            f"dataset {dataset!r} needs --model (the built-in model is for digits): a trained "
-            "checkpoint, a TorchScript or torch.export archive, or a factory"
-        )
     model_name = source.name
     out = Path(opts.get("out") or Path("results") / f"{dataset}-{model_name}")
     check_writable(out)
@@ -225,21 +216,6 @@ def early_config(plan: RunPlan) -> dict[str, Any]:
         "chunk_size": plan.chunk_size or 4 * plan.batch_size,  # as RunConfig.chunk
         "split": plan.opts.get("split") or EVAL_SPLIT.get(plan.dataset, "val"),
     }
-
-
-def check_model_options(opts: dict[str, Any]) -> Any:
-    """The parsed ``--model`` (default ``builtin``), with ``--normalize`` and ``--classes``
-    checked against it; nothing is loaded. Shared by `run` and `inspect`.
-
-    Raises:
-        InputError, MissingFileError: a bad form, a missing file, a bad ``--normalize``,
-            or ``--normalize``/``--classes`` with a checkpoint or the built-in model.
-    """
-    from tkmia.models.sources import check_convention, parse_source
-
-    source = parse_source(opts.get("model") or "builtin")
-    check_convention(source, opts.get("normalize"), opts.get("classes"))
-    return source
 
 
 def _open(plan: RunPlan, device: str) -> tuple[Any, Any, list[Setting], str]:
