@@ -268,8 +268,8 @@ def throughput(args: argparse.Namespace) -> None:
         chunks = [(x[i : i + bs], y[i : i + bs], s[i : i + bs]) for i in range(0, len(x), bs)]
         chunk_secs, _ = timed(lambda atk=atk, chunks=chunks: [atk(*c) for c in chunks], dev)
         rate1, ok1, its1 = one_by_one(atk, x[:single], y[:single], s[:single], dev)
-        same_ok = int((ok1 == res.success[:single].cpu()).sum())
-        same_it = int((its1 == res.iterations[:single].cpu()).sum())
+        same_ok = int((ok1.cpu() == res.success[:single].cpu()).sum())
+        same_it = int((its1.cpu() == res.iterations[:single].cpu()).sum())
         if name == "kfool":
             ceil_fb = bs / ceiling(model, batch, args.reps)
             ceil_kf = bs / ceiling(model, batch, args.reps, backwards=passes)

@@ -130,7 +130,7 @@ class APGD:
         eps = check_budget_call(images, labels, self.k, self.norm, eps, start)
         b, device = images.shape[0], images.device
         labels = labels.to(device).bool()
-        keys = image_keys(self.seed, torch.arange(b) if indices is None else indices)
+        keys = image_keys(self.seed, torch.arange(b) if indices is None else indices, device)
         x0 = images.detach()
         ball = Ball(x0, self.norm, eps)
         with _eval_mode(self.model), torch.no_grad():

@@ -94,13 +94,14 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def image_keys(seed: int, indices: torch.Tensor) -> torch.Tensor:
-    """Per image the key of its random numbers, ``(B,)`` int64, from the run's ``seed`` and
-    the images' ``indices`` ``(B,)`` (their place in the dataset)."""
+def image_keys(seed: int, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Per image the key of its random numbers, ``(B,)`` int64 on ``device`` (the images'),
+    from the run's ``seed`` and the images' ``indices`` ``(B,)`` (their place in the
+    dataset)."""
     return _hash32(
         _hash32(torch.as_tensor(indices, dtype=torch.long))
         ^ _hash32(torch.tensor(seed, dtype=torch.long))
-    )
+    ).to(device)
 
 
 def uniform(keys: torch.Tensor, stream: int, size: int, device: torch.device) -> torch.Tensor:

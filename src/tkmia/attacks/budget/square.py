@@ -124,7 +124,7 @@ class Square:
         eps = check_budget_call(images, labels, self.k, self.norm, eps, start)
         b, device = images.shape[0], images.device
         labels = labels.to(device).bool()
-        keys = image_keys(self.seed, torch.arange(b) if indices is None else indices)
+        keys = image_keys(self.seed, torch.arange(b) if indices is None else indices, device)
         x0 = images.detach()
         with _eval_mode(self.model):
             clean = self.model(x0)
