@@ -165,5 +165,5 @@ def label_free_iqr(scores: torch.Tensor, k: int) -> torch.Tensor:
     if scores.dim() == 2 and scores.shape[0] == 0:
         raise InputError("the IQR of the label-free statistics needs at least one image")
     stats = label_free_stats(scores.double(), k)
-    q = torch.quantile(stats, torch.tensor([0.25, 0.75], dtype=stats.dtype), dim=0)
+    q = torch.quantile(stats, stats.new_tensor([0.25, 0.75]), dim=0)
     return q[1] - q[0]
