@@ -19,6 +19,7 @@ rates differ by more than ``--tolerance`` for any method.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
@@ -46,8 +47,13 @@ def problem(images: int, k: int, seed: int) -> tuple[torch.Tensor, ...]:
     return x[idx], y[idx], spec[idx].float(), targets[idx].float()
 
 
+@functools.cache
+def model_on(device: str) -> torch.nn.Module:
+    return builtin_model(device)
+
+
 def attack(name: str, device: str, k: int, x, y, s) -> tuple[AttackResult, float]:
-    model = builtin_model(device)
+    model = model_on(device)
     atk = REGISTRY[name].cls(model, k)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -75,7 +81,6 @@ def main() -> int:
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     x, y, spec, targets = problem(args.images, args.k, args.seed)
     tf32 = "off" if args.no_tf32 else "torch's default"
     print(f"{len(x)} images, k={args.k}; device {args.device}; TF32 {tf32}", flush=True)

@@ -25,11 +25,10 @@ from tkmia.attacks.budget.common import (
     NORMS,
     Ball,
     BudgetResult,
-    check_budget_call,
     hits,
-    image_keys,
     least_hits,
     prepare_model,
+    read_budget_call,
     top_k_loss,
     uniform,
 )
@@ -127,10 +126,10 @@ class APGD:
         indices: torch.Tensor | None = None,
         start: torch.Tensor | None = None,
     ) -> BudgetResult:
-        eps = check_budget_call(images, labels, self.k, self.norm, eps, start)
+        eps, labels, keys = read_budget_call(
+            images, labels, self.k, self.norm, eps, start, self.seed, indices
+        )
         b, device = images.shape[0], images.device
-        labels = labels.to(device).bool()
-        keys = image_keys(self.seed, torch.arange(b) if indices is None else indices, device)
         x0 = images.detach()
         ball = Ball(x0, self.norm, eps)
         with _eval_mode(self.model), torch.no_grad():

@@ -25,12 +25,12 @@ __all__ = [
     "NORMS",
     "Ball",
     "BudgetResult",
-    "check_budget_call",
     "hits",
     "image_keys",
     "least_hits",
     "margin_loss",
     "prepare_model",
+    "read_budget_call",
     "top_k_loss",
     "uniform",
 ]
@@ -203,10 +203,22 @@ def prepare_model(model: nn.Module, normalize: tuple[object, object] | None) -> 
         raise InputError(f"normalize {err}") from None
 
 
-def check_budget_call(
-    images: object, labels: object, k: int, norm: str, eps: object, start: object
-) -> float:
-    """Check an ε-bounded attack's call; returns ε as a float.
+def read_budget_call(
+    images: object,
+    labels: object,
+    k: int,
+    norm: str,
+    eps: object,
+    start: object,
+    seed: int,
+    indices: torch.Tensor | None,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Check an ε-bounded attack's call and read what every such attack starts from.
+
+    Returns:
+        ``(eps as a float, labels (B, c) bool on the images' device, keys (B,) int64 on
+        the images' device)``; the keys come from ``seed`` and ``indices`` (default
+        ``0 .. B-1``), see :func:`image_keys`.
 
     Raises:
         InputError: bad images or labels (an image without a relevant label included),
@@ -231,4 +243,7 @@ def check_budget_call(
                 f"start must be images of the same shape {tuple(images.shape)}, got "
                 f"{tuple(start.shape) if isinstance(start, torch.Tensor) else type(start)}"
             )
-    return eps_value
+    assert isinstance(labels, torch.Tensor)
+    device = images.device
+    where = torch.arange(images.shape[0]) if indices is None else indices
+    return eps_value, labels.to(device).bool(), image_keys(seed, where, device)

@@ -26,11 +26,10 @@ from tkmia.attacks.budget.common import (
     NORMS,
     Ball,
     BudgetResult,
-    check_budget_call,
     hits,
-    image_keys,
     least_hits,
     prepare_model,
+    read_budget_call,
     top_k_loss,
     uniform,
 )
@@ -121,10 +120,9 @@ class Square:
         indices: torch.Tensor | None = None,
         start: torch.Tensor | None = None,
     ) -> BudgetResult:
-        eps = check_budget_call(images, labels, self.k, self.norm, eps, start)
-        b, device = images.shape[0], images.device
-        labels = labels.to(device).bool()
-        keys = image_keys(self.seed, torch.arange(b) if indices is None else indices, device)
+        eps, labels, keys = read_budget_call(
+            images, labels, self.k, self.norm, eps, start, self.seed, indices
+        )
         x0 = images.detach()
         with _eval_mode(self.model):
             clean = self.model(x0)
